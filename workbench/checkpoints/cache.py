@@ -1,0 +1,48 @@
+"""Dequantized-weight cache: a GGUF is parsed once, then read back as safetensors.
+
+Entries are keyed by the SHA-256 of the source file, so an edited or replaced file never reuses
+a stale entry. Each entry is a complete Hugging Face model directory, written to a temporary
+folder and renamed into place, so an interrupted run leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench"))
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cached_dir(source: Path, build) -> Path:
+    """Return the cache directory for `source`, calling `build(tmp_dir)` to fill it if absent."""
+    digest = file_sha256(source)
+    root = cache_root() / "gguf"
+    final = root / f"{source.stem}-{digest[:16]}"
+    if (final / "source.json").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
+    try:
+        build(tmp)
+        (tmp / "source.json").write_text(json.dumps({"source": str(source), "sha256": digest}, indent=2))
+        if final.exists():  # a leftover without source.json: incomplete, replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

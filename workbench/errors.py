@@ -1,0 +1,32 @@
+"""Specific exceptions: every bad input names what was wrong and what is accepted.
+
+The CLI turns any `WorkbenchError` into a one-line message on stderr and a non-zero exit.
+"""
+
+
+class WorkbenchError(Exception):
+    """Base class for errors caused by bad input (files, names, arguments), not by bugs."""
+
+
+class CheckpointError(WorkbenchError):
+    """A checkpoint file is missing, truncated, corrupt or of an unsupported kind."""
+
+
+class UnsupportedTensorTypeError(CheckpointError):
+    """A checkpoint holds a tensor type we cannot decode."""
+
+
+class ConfigError(WorkbenchError):
+    """A model configuration is missing a field or holds an invalid value."""
+
+
+class UnknownModelError(WorkbenchError):
+    """A model name is neither a bundled model nor an existing path."""
+
+
+class ContextLengthError(WorkbenchError):
+    """A prompt (plus the tokens asked for) does not fit in the model's context window."""
+
+
+class EmptyTextError(WorkbenchError):
+    """Text given for evaluation holds too few tokens to score."""

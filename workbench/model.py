@@ -1,0 +1,219 @@
+"""A Llama-family decoder in plain PyTorch, with a preallocated KV cache.
+
+Module and parameter names follow Hugging Face's `LlamaForCausalLM`, so a state dict moves between
+the two unchanged. Every weight matrix lives in an `nn.Linear` (the *linear seam*): quantization
+and faster kernels replace those modules in place and nothing else in the model changes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 whatever the model dtype, as the reference does.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for every position up to the context length, computed once."""
+
+    def __init__(self, head_dim: int, max_positions: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
+        angles = torch.cat([freqs, freqs], dim=-1)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype):
+        """(B, T) positions -> cos, sin of shape (B, 1, T, head_dim)."""
+        return self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_half(x) * sin
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: written in place, never concatenated.
+
+    `k[layer]` has shape (batch, kv_heads, max_len, head_dim). `valid` marks which positions hold a
+    real token (left padding in a batch of unequal prompts leaves holes); `length` is how many
+    positions are filled for every sequence.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu"):
+        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
+        self.padded = False
+        self.max_len = max_len
+        self.length = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+    def reset(self):
+        self.length = 0
+        self.valid.fill_(True)
+        self.padded = False
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, config.q_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.kv_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.kv_dim, bias=False)
+        self.o_proj = nn.Linear(config.q_dim, config.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, layer_cache, start: int, mask):
+        """`layer_cache` is (k, v) for this layer, or None to attend within `x` only."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if layer_cache is not None:
+            k_cache, v_cache = layer_cache
+            k_cache[:, :, start:start + T] = k
+            v_cache[:, :, start:start + T] = v
+            k, v = k_cache[:, :, :start + T], v_cache[:, :, :start + T]
+        groups = self.n_heads // self.n_kv_heads
+        if T == 1 and mask is None:
+            # One new token sees every cached position: fold the query heads of each KV group
+            # into the query-length axis so K/V are read once, not repeated per query head.
+            out = F.scaled_dot_product_attention(q.view(B, self.n_kv_heads, groups, self.head_dim), k, v)
+            out = out.reshape(B, 1, self.n_heads * self.head_dim)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                 enable_gqa=groups > 1)
+            out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        return self.o_proj(out)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, layer_cache, start, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer_cache, start, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LlamaModel(nn.Module):
+    """Token ids in, next-token logits out; optionally reading and extending a `KVCache`."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        max_len = max_len or self.config.max_position_embeddings
+        return KVCache(self.config, batch_size, max_len, self.dtype, self.device)
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits for `input_ids` (B, T), continuing the sequences held in `cache`.
+
+        With a cache, positions start at `cache.length` (minus any left padding) and the cache
+        grows by T. `last_only` computes logits for the final position only, which is all that
+        generation needs (the output head is the largest matrix of a small model).
+        """
+        B, T = input_ids.shape
+        start = cache.length if cache is not None else 0
+        if cache is not None and start + T > cache.max_len:
+            raise ValueError(f"KV cache holds {cache.max_len} positions; {start + T} needed")
+        mask = None
+        if cache is not None and cache.padded:
+            valid = cache.valid[:, :start + T]
+            positions = (valid.cumsum(-1) - 1).clamp(min=0)[:, start:]
+            causal = torch.ones(T, start + T, dtype=torch.bool, device=input_ids.device).tril(start)
+            mask = (causal & valid[:, None, :]).unsqueeze(1)
+        else:
+            positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
+            if T > 1 and start > 0:  # a chunk continuing a cache: causal with an offset
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=input_ids.device).tril(start)
+        cos, sin = self.rotary(positions, self.dtype)
+        x = self.model.embed_tokens(input_ids)
+        for i, layer in enumerate(self.model.layers):
+            layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
+            x = layer(x, cos, sin, layer_cache, start, mask)
+        if cache is not None:
+            cache.length = start + T
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.model.norm(x))
+
+    def weight_bytes(self) -> int:
+        """Bytes of every parameter and buffer that holds weights (tied tensors counted once)."""
+        seen, total = set(), 0
+        for t in list(self.parameters()) + [b for n, b in self.named_buffers() if not n.startswith("rotary")]:
+            if t.data_ptr() in seen:
+                continue
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+        return total
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # parameters() yields a tied tensor once
