@@ -30,3 +30,7 @@ class ContextLengthError(WorkbenchError):
 
 class EmptyTextError(WorkbenchError):
     """Text given for evaluation holds too few tokens to score."""
+
+
+class InvalidParameterError(WorkbenchError, ValueError):
+    """An argument is out of its accepted range (sampling settings, windows, sizes)."""

@@ -189,7 +189,8 @@ class LlamaModel(nn.Module):
             valid = cache.valid[:, :start + T]
             positions = (valid.cumsum(-1) - 1).clamp(min=0)[:, start:]
             causal = torch.ones(T, start + T, dtype=torch.bool, device=input_ids.device).tril(start)
-            mask = (causal & valid[:, None, :]).unsqueeze(1)
+            # A padding query would see no key at all (NaN); let every query see itself.
+            mask = ((causal & valid[:, None, :]) | causal.triu(start)).unsqueeze(1)
         else:
             positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
             if T > 1 and start > 0:  # a chunk continuing a cache: causal with an offset

@@ -1,0 +1,156 @@
+"""KV-cached generation: batched prompts, streaming text, stop tokens and stop strings.
+
+The cache is allocated once per call at prompt + max_tokens positions; each step runs the model on
+one new token per sequence and writes its keys/values in place. The only host sync per step is
+reading the sampled tokens (needed to check for stop tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from ..errors import ContextLengthError, InvalidParameterError
+from .sampling import Sampler, SamplingParams
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (stop token or string) or "length" (max_tokens reached)
+    prompt_tokens: int
+
+
+@torch.inference_mode()
+def generate_ids(model, prompts: list[list[int]], params: SamplingParams,
+                 stop_token_ids: set[int] = frozenset()) -> Iterator[list[int | None]]:
+    """Yield, per step, one new token id per sequence (None once that sequence has stopped).
+
+    Prompts of unequal length are left-padded; padding is masked out of attention and positions
+    count real tokens only, so each sequence decodes as if it were alone.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise InvalidParameterError("every prompt needs at least one token")
+    batch, longest = len(prompts), max(len(p) for p in prompts)
+    context = model.config.max_position_embeddings
+    if longest + params.max_tokens > context:
+        raise ContextLengthError(f"prompt of {longest} tokens + max_tokens {params.max_tokens} exceeds the "
+                                 f"model's context window of {context} tokens")
+    device = model.device
+    cache = model.new_cache(batch, longest + params.max_tokens)
+    ids = torch.zeros(batch, longest, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, longest - len(p):] = torch.tensor(p)
+        cache.valid[row, :longest - len(p)] = False
+    cache.padded = any(len(p) != longest for p in prompts)
+    sampler = Sampler(params, prompts, model.config.vocab_size, device)
+    stops = set() if params.ignore_eos else set(stop_token_ids)
+
+    logits = model(ids.to(device), cache, last_only=True)[:, -1]
+    done = [False] * batch
+    for step in range(params.max_tokens):
+        tokens = sampler(logits)
+        values = tokens.tolist()
+        yield [None if d else t for d, t in zip(done, values)]
+        done = [d or t in stops for d, t in zip(done, values)]
+        if all(done) or step == params.max_tokens - 1:
+            return
+        logits = model(tokens[:, None], cache)[:, -1]
+
+
+class _TextTracker:
+    """Incremental detokenization for one sequence, with stop-string detection."""
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.ids: list[int] = []
+        self.emitted = 0  # characters already handed out by `stream`
+        self.text = ""
+        self.stopped = False
+
+    def add(self, token: int):
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text, self.stopped = text[:cut], True
+        self.text = text
+
+    def ready(self) -> str:
+        """New text safe to show: not an incomplete UTF-8 character, not a possible stop-string start."""
+        safe = len(self.text)
+        if self.text.endswith("\ufffd") and not self.stopped:
+            safe -= 1
+        if not self.stopped:
+            for s in self.stop:
+                for k in range(min(len(s) - 1, safe), 0, -1):
+                    if self.text[:safe].endswith(s[:k]):
+                        safe = min(safe, len(self.text[:safe]) - k)
+                        break
+        chunk = self.text[self.emitted:safe] if safe > self.emitted else ""
+        self.emitted = max(self.emitted, safe)
+        return chunk
+
+
+def _prompt_ids(tokenizer, prompt) -> list[int]:
+    if isinstance(prompt, str):
+        return tokenizer.encode(prompt)
+    if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
+        return tokenizer.encode(tokenizer.apply_chat_template(prompt, add_generation_prompt=True))
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return list(prompt)
+    raise InvalidParameterError("a prompt is a string, a list of chat messages ({'role', 'content'}) "
+                                "or a list of token ids")
+
+
+def _run(model, tokenizer, prompts: list, params: SamplingParams):
+    """Drive `generate_ids` for several prompts; yields (trackers, finished flags) after each step."""
+    ids = [_prompt_ids(tokenizer, p) for p in prompts]
+    trackers = [_TextTracker(tokenizer, params.stop) for _ in prompts]
+    finished = [None] * len(prompts)
+    stop_ids = tokenizer.stop_token_ids
+    for step in generate_ids(model, ids, params, stop_ids):
+        for i, token in enumerate(step):
+            if token is None or finished[i]:
+                continue
+            if token in stop_ids and not params.ignore_eos:
+                finished[i] = "stop"
+                continue
+            trackers[i].add(token)
+            if trackers[i].stopped:
+                finished[i] = "stop"
+        yield ids, trackers, finished
+        if all(finished):
+            return
+
+
+def generate(model, tokenizer, prompt, params: SamplingParams | None = None):
+    """Complete one prompt (str, chat messages or token ids) -> `Completion`;
+    a list of string prompts (or of message lists) -> list of `Completion`, decoded as one batch."""
+    params = params or SamplingParams()
+    batched = isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt)
+    prompts = prompt if batched else [prompt]
+    ids, trackers, finished = [], [], []
+    for ids, trackers, finished in _run(model, tokenizer, prompts, params):
+        pass
+    out = [Completion(t.text, t.ids, f or "length", len(p)) for t, f, p in zip(trackers, finished, ids)]
+    return out if batched else out[0]
+
+
+def stream(model, tokenizer, prompt, params: SamplingParams | None = None) -> Iterator[str]:
+    """Yield pieces of text as they are generated for one prompt."""
+    params = params or SamplingParams()
+    tracker = None
+    for _, trackers, _ in _run(model, tokenizer, [prompt], params):
+        tracker = trackers[0]
+        chunk = tracker.ready()
+        if chunk:
+            yield chunk
+    if tracker is not None:
+        tracker.stopped = True  # flush what was held back
+        rest = tracker.text[tracker.emitted:]
+        if rest:
+            yield rest
