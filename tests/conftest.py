@@ -1,0 +1,35 @@
+"""Shared fixtures. Session-scoped so the expensive loads (the bundled model, transformers) happen once.
+
+The dequantized-weight cache is left where the user has it ($WORKBENCH_CACHE or ~/.cache/workbench);
+tests that need a private cache set WORKBENCH_CACHE themselves with monkeypatch.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+BUNDLED_MODEL = "smollm2-135m"
+
+
+@pytest.fixture(scope="session")
+def bundled_gguf():
+    """Path of the bundled SmolLM2-135M-Instruct Q4_1 GGUF file."""
+    from workbench.checkpoints.registry import bundled_path
+
+    return bundled_path(BUNDLED_MODEL)
+
+
+@pytest.fixture(scope="session")
+def model_and_tokenizer():
+    """(LlamaModel, Tokenizer) of the bundled model in float32, via `workbench.load_model`. Do not mutate."""
+    from workbench import load_model
+
+    return load_model(BUNDLED_MODEL, dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def hf_gguf_tokenizer(bundled_gguf):
+    """The transformers tokenizer built from the same GGUF file (the reference)."""
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(str(bundled_gguf.parent), gguf_file=bundled_gguf.name)

@@ -1,0 +1,241 @@
+"""`workbench` command line: every command takes --model and prints one JSON object with --json.
+
+Bad input ends with a one-line message on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import WorkbenchError
+
+EXIT_BAD_INPUT = 2
+
+
+def _model_args(p: argparse.ArgumentParser):
+    p.add_argument("--model", default="smollm2-135m",
+                   help="bundled name (smollm2-135m, tiny-random), a .gguf file or a Hugging Face directory")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _sampling_args(p: argparse.ArgumentParser):
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description="LLM deployment workbench")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="architecture, parameter count, bytes per dtype")
+    _model_args(p)
+
+    p = sub.add_parser("generate", help="complete a prompt, streaming the text")
+    p.add_argument("prompt")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
+    _model_args(p)
+    _sampling_args(p)
+
+    p = sub.add_parser("chat", help="multi-turn chat in the terminal (empty line or /exit ends)")
+    p.add_argument("--system", default=None, help="system message")
+    _model_args(p)
+    _sampling_args(p)
+
+    p = sub.add_parser("ppl", help="perplexity over fixed windows (see workbench.eval.perplexity)")
+    p.add_argument("--text-file", default=None, help="UTF-8 text (default: the built-in evaluation part)")
+    p.add_argument("--max-tokens", type=int, default=32768, help="score the first N tokens (default 32768)")
+    p.add_argument("--window", type=int, default=1024)
+    p.add_argument("--stride", type=int, default=None, help="default: the window (non-overlapping)")
+    p.add_argument("--batch-size", type=int, default=1)
+    _model_args(p)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bench = p.add_subparsers(dest="bench", required=True)
+    b = bench.add_parser("decode", help="prefill/decode tokens per second and GB/s")
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--prompt-tokens", type=int, default=512)
+    b.add_argument("--new-tokens", type=int, default=128)
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--output", default=None, help="also write the JSON result to this file (atomically)")
+    _model_args(b)
+
+    p = sub.add_parser("verify", help="check our logits and greedy output against transformers")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--tolerance", type=float, default=1e-3)
+    _model_args(p)
+    return parser
+
+
+def _positive(name: str, value, minimum: int = 1):
+    from .errors import InvalidParameterError
+
+    if value is not None and value < minimum:
+        raise InvalidParameterError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _load(args):
+    import torch
+
+    from . import load_model
+
+    if args.threads:
+        _positive("--threads", args.threads)
+        torch.set_num_threads(args.threads)
+    return load_model(args.model, dtype=args.dtype, device=args.device)
+
+
+def _sampling(args):
+    from .engine import SamplingParams
+
+    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          repetition_penalty=args.repetition_penalty, max_tokens=args.max_tokens,
+                          stop=args.stop, seed=args.seed)
+
+
+def _emit(args, result: dict, text: str):
+    print(json.dumps(result) if args.json else text)
+
+
+def cmd_info(args):
+    model, tokenizer = _load(args)
+    cfg = model.config
+    params = model.num_parameters()
+    result = {
+        "model": args.model, "architecture": "llama", "config": cfg.to_hf_dict(),
+        "parameters": params, "parameters_from_config": cfg.num_parameters(),
+        "bytes": {"float32": params * 4, "bfloat16": params * 2, "int8": params, "int4": params // 2},
+        "loaded_dtype": str(model.dtype).removeprefix("torch."), "loaded_bytes": model.weight_bytes(),
+        "kv_bytes_per_token": cfg.kv_bytes_per_token(model.dtype.itemsize),
+        "vocab_size": tokenizer.vocab_size, "context_length": cfg.max_position_embeddings,
+    }
+    lines = [f"{args.model}: Llama-family, {params / 1e6:.1f}M parameters",
+             f"  layers {cfg.num_hidden_layers}, hidden {cfg.hidden_size}, heads {cfg.num_attention_heads} "
+             f"(kv {cfg.num_key_value_heads}), head_dim {cfg.head_dim}, ffn {cfg.intermediate_size}",
+             f"  vocab {cfg.vocab_size}, context {cfg.max_position_embeddings}, rope theta {cfg.rope_theta:g}, "
+             f"tied embeddings {cfg.tie_word_embeddings}"]
+    lines += [f"  {k:>8}: {v / 1e6:8.1f} MB" for k, v in result["bytes"].items()]
+    _emit(args, result, "\n".join(lines))
+
+
+def cmd_generate(args):
+    from .engine import generate, stream
+
+    model, tokenizer = _load(args)
+    prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
+    params = _sampling(args)
+    if args.json:
+        c = generate(model, tokenizer, prompt, params)
+        print(json.dumps({"text": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+                          "completion_tokens": len(c.token_ids)}))
+        return
+    for piece in stream(model, tokenizer, prompt, params):
+        print(piece, end="", flush=True)
+    print()
+
+
+def cmd_chat(args):
+    from .engine import stream
+
+    model, tokenizer = _load(args)
+    params = _sampling(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    print("Chat with the model; an empty line or /exit ends.", file=sys.stderr)
+    while True:
+        try:
+            user = input("> ")
+        except EOFError:
+            break
+        if not user.strip() or user.strip() == "/exit":
+            break
+        messages.append({"role": "user", "content": user})
+        reply = []
+        for piece in stream(model, tokenizer, messages, params):
+            reply.append(piece)
+            print(piece, end="", flush=True)
+        print()
+        messages.append({"role": "assistant", "content": "".join(reply)})
+
+
+def cmd_ppl(args):
+    from .eval import builtin_text, load_text, perplexity
+
+    _positive("--max-tokens", args.max_tokens, 2)
+    _positive("--batch-size", args.batch_size)
+    text = load_text(args.text_file) if args.text_file else builtin_text("evaluation")
+    model, tokenizer = _load(args)
+    r = perplexity(model, text, tokenizer, window=args.window, stride=args.stride, max_tokens=args.max_tokens,
+                   batch_size=args.batch_size, progress=not args.json)
+    result = {"ppl": r.ppl, "tokens": r.tokens, "predictions": r.predictions, "window": r.window,
+              "stride": r.stride, "nll": r.nll, "text": args.text_file or "built-in evaluation part",
+              "model": args.model, "dtype": args.dtype}
+    _emit(args, result, f"perplexity {r.ppl:.4f} over {r.predictions} predictions "
+                        f"({r.tokens} tokens, window {r.window}, stride {r.stride})")
+
+
+def cmd_bench(args):
+    from .bench import bench_decode
+    from .io import atomic_write_json
+
+    for name in ("batch", "prompt_tokens", "repeats"):
+        _positive("--" + name.replace("_", "-"), getattr(args, name))
+    _positive("--new-tokens", args.new_tokens, 2)
+    _positive("--warmup", args.warmup, 0)
+    model, tokenizer = _load(args)
+    if args.prompt_tokens + args.new_tokens > model.config.max_position_embeddings:
+        from .errors import ContextLengthError
+
+        raise ContextLengthError(f"--prompt-tokens + --new-tokens = {args.prompt_tokens + args.new_tokens} exceeds "
+                                 f"the context window of {model.config.max_position_embeddings}")
+    result = bench_decode(model, tokenizer, batch=args.batch, prompt_tokens=args.prompt_tokens,
+                          new_tokens=args.new_tokens, repeats=args.repeats, warmup=args.warmup)
+    result["model"] = args.model
+    if args.output:
+        atomic_write_json(args.output, result)
+    _emit(args, result, f"batch {result['batch']} {result['dtype']}: prefill {result['prefill_tok_s']:.1f} tok/s, "
+                        f"decode {result['decode_tok_s']:.1f} tok/s, {result['gb_s']:.1f} GB/s, "
+                        f"weights {result['model_bytes'] / 1e6:.1f} MB, peak RSS {result['peak_rss_mb']:.0f} MB")
+
+
+def cmd_verify(args):
+    from .reference import verify
+
+    if args.dtype != "float32":
+        from .errors import InvalidParameterError
+
+        raise InvalidParameterError("verify compares in float32 only (the reference check's tolerance is for float32)")
+    result = verify(args.model, new_tokens=args.new_tokens, tolerance=args.tolerance)
+    _emit(args, result, f"max |logit diff| {result['max_abs_logit_diff']:.2e} (tolerance {args.tolerance:g}), "
+                        f"greedy {args.new_tokens}-token match: {result['greedy_match']} -> "
+                        f"{'PASSED' if result['passed'] else 'FAILED'}")
+    return 0 if result["passed"] else 1
+
+
+COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "ppl": cmd_ppl,
+            "bench": cmd_bench, "verify": cmd_verify}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args) or 0
+    except WorkbenchError as e:
+        print(f"workbench: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("workbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
