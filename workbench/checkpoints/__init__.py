@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
-from ..errors import CheckpointError, UnknownModelError
+from ..errors import CheckpointError, InvalidParameterError, UnknownModelError
 from ..model import LlamaModel, RotaryEmbedding
 from ..tokenizer import Tokenizer
 from .cache import cached_dir
@@ -118,5 +118,5 @@ def _as_dtype(dtype) -> torch.dtype:
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r} (accepted: {', '.join(names)})")
+        raise InvalidParameterError(f"unknown dtype {dtype!r} (accepted: {', '.join(names)})")
     return names[dtype]

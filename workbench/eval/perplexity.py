@@ -60,12 +60,13 @@ def perplexity(model, text_or_ids, tokenizer=None, *, window: int = 1024, stride
         raise EmptyTextError(f"perplexity needs at least 2 tokens of text, got {len(ids)}")
 
     # (start, first scored target index within the window)
-    spans = []
+    spans, scored_until = [], 0  # targets below `scored_until` were scored by an earlier window
     for start in range(0, len(ids) - 1, stride):
         end = min(start + window, len(ids))
-        skip = 0 if start == 0 else window - stride  # targets already scored by the previous window
-        if end - start >= 2 and skip < end - start - 1:
+        skip = max(0, scored_until - start - 1)  # this window's first targets are start+1, start+2, ...
+        if skip < end - start - 1:
             spans.append((start, end, skip))
+        scored_until = end
         if end == len(ids):
             break
     data = torch.tensor(ids, dtype=torch.long)
