@@ -21,6 +21,14 @@ def bundled_gguf():
 
 
 @pytest.fixture(scope="session")
+def bundled_checkpoint(bundled_gguf):
+    """The bundled file opened as a `GGUFCheckpoint` (parsed fresh, not read from the cache). Read only."""
+    from workbench.checkpoints.gguf_file import GGUFCheckpoint
+
+    return GGUFCheckpoint(bundled_gguf)
+
+
+@pytest.fixture(scope="session")
 def model_and_tokenizer():
     """(LlamaModel, Tokenizer) of the bundled model in float32, via `workbench.load_model`. Do not mutate."""
     from workbench import load_model

@@ -12,7 +12,6 @@ from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize as gguf_quantize
 
 from workbench.checkpoints.blocks import BLOCK_BYTES, dequantize_raw
-from workbench.checkpoints.gguf_file import GGUFCheckpoint
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"]
 SHAPE = (24, 96)  # 3 blocks of 32 per row
@@ -79,14 +78,9 @@ REAL_TENSORS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def bundled_ckpt(bundled_gguf):
-    return GGUFCheckpoint(bundled_gguf)
-
-
 @pytest.mark.parametrize("name, type_name, shape", REAL_TENSORS)
-def test_matches_gguf_on_bundled_tensors(bundled_ckpt, name, type_name, shape):
-    data, found_type, found_shape = bundled_ckpt.raw_tensor(name)
+def test_matches_gguf_on_bundled_tensors(bundled_checkpoint, name, type_name, shape):
+    data, found_type, found_shape = bundled_checkpoint.raw_tensor(name)
     assert (found_type, found_shape) == (type_name, shape)
     expected = gguf_dequantize(data, GGMLQuantizationType[type_name]).reshape(shape)
     ours = dequantize_raw(data, type_name, shape)
@@ -117,8 +111,8 @@ def test_q4_1_hand_built_block():
     assert ours == _decode_q4_1_block_by_hand(block)
 
 
-def test_q4_1_first_bundled_block_by_hand(bundled_ckpt):
-    data, type_name, shape = bundled_ckpt.raw_tensor("blk.0.attn_q.weight")
+def test_q4_1_first_bundled_block_by_hand(bundled_checkpoint):
+    data, type_name, shape = bundled_checkpoint.raw_tensor("blk.0.attn_q.weight")
     assert type_name == "Q4_1"
     row0 = dequantize_raw(data, type_name, shape)[0]
     for b in range(3):  # the first three blocks of row 0

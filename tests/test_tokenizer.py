@@ -24,9 +24,13 @@ TEXTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def tokenizer(model_and_tokenizer):
-    return model_and_tokenizer[1]
+@pytest.fixture(scope="module", params=["load_model", "from_gguf"])
+def tokenizer(request):
+    """What users get (`load_model`, read back from the weight cache) and one built from the GGUF
+    now: the cache is keyed on the file alone, so it may hold a tokenizer an older version built."""
+    if request.param == "load_model":
+        return request.getfixturevalue("model_and_tokenizer")[1]
+    return Tokenizer.from_gguf(request.getfixturevalue("bundled_checkpoint"))
 
 
 @pytest.mark.parametrize("name", list(TEXTS))

@@ -92,7 +92,8 @@ def _moments(values: torch.Tensor) -> tuple[float, float, float]:
     sq = (x - mean).square_()
     var = sq.mean()
     m4 = sq.square_().mean()
-    return float(mean), float(var.sqrt()), float(m4 / var.square()) - 3.0
+    kurtosis = float(m4 / var.square()) - 3.0 if var > 0 else float("nan")  # constant: undefined
+    return float(mean), float(var.sqrt()), kurtosis
 
 
 def excess_kurtosis(values: torch.Tensor) -> float:
@@ -103,6 +104,8 @@ def excess_kurtosis(values: torch.Tensor) -> float:
 @torch.no_grad()
 def weight_stats(model, names: list[str] | None = None) -> pd.DataFrame:
     """Per-tensor statistics: mean, std, max|w|, max|w|/std (how far the largest weight sits out), excess kurtosis.
+
+    std is the population standard deviation; the ratio and the kurtosis are NaN for a constant tensor.
 
     `names` defaults to every matrix (2-D parameter). A quantizer with one scale per block or per
     row must stretch that scale to cover max|w|, so a large max|w|/std costs resolution everywhere.
@@ -117,7 +120,7 @@ def weight_stats(model, names: list[str] | None = None) -> pd.DataFrame:
         lo, hi = w.aminmax()
         max_abs = max(-float(lo), float(hi))
         rows.append({"name": name, "shape": tuple(w.shape), "mean": mean, "std": std,
-                     "max_abs": max_abs, "max_abs_over_std": max_abs / std, "kurtosis": kurtosis})
+                     "max_abs": max_abs, "max_abs_over_std": max_abs / std if std > 0 else float("nan"), "kurtosis": kurtosis})
     return pd.DataFrame(rows)
 
 

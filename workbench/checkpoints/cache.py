@@ -1,7 +1,8 @@
 """Dequantized-weight cache: a GGUF is parsed once, then read back as safetensors.
 
-Entries are keyed by the SHA-256 of the source file, so an edited or replaced file never reuses
-a stale entry. Each entry is a complete Hugging Face model directory, written to a temporary
+Entries are keyed by the SHA-256 of the source file and by `FORMAT_VERSION`, so neither an edited
+file nor a change to the conversion code ever reuses a stale entry (bump the version whenever the
+dequantization, row order or tokenizer conversion changes). Each entry is a complete Hugging Face model directory, written to a temporary
 folder and renamed into place, so an interrupted run leaves nothing half-written behind.
 """
 
@@ -13,6 +14,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+
+FORMAT_VERSION = 1
 
 
 def cache_root() -> Path:
@@ -31,14 +35,15 @@ def cached_dir(source: Path, build) -> Path:
     """Return the cache directory for `source`, calling `build(tmp_dir)` to fill it if absent."""
     digest = file_sha256(source)
     root = cache_root() / "gguf"
-    final = root / f"{source.stem}-{digest[:16]}"
+    final = root / f"{source.stem}-{digest[:16]}-v{FORMAT_VERSION}"
     if (final / "source.json").is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
     try:
         build(tmp)
-        (tmp / "source.json").write_text(json.dumps({"source": str(source), "sha256": digest}, indent=2))
+        (tmp / "source.json").write_text(json.dumps({"source": str(source), "sha256": digest,
+                                                         "format_version": FORMAT_VERSION}, indent=2))
         if final.exists():  # a leftover without source.json: incomplete, replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
