@@ -79,3 +79,10 @@ def test_empty_and_corrupt_files(tmp_path):
     bad.write_bytes(b"GGUF" + b"\x00" * 20)
     p = run("info", "--model", str(bad), ok=False)
     assert p.returncode == 2 and "broken.gguf" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_chat_keeps_the_conversation():
+    p = subprocess.run(WORKBENCH + ["chat", "--model", "tiny-random", "--max-tokens", "4"], input="hello\nand again\n\n",
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("> ") == 3  # two turns answered, then the empty line ends the chat
