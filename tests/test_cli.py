@@ -86,3 +86,12 @@ def test_chat_keeps_the_conversation():
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("> ") == 3  # two turns answered, then the empty line ends the chat
+
+
+def test_quant_list_and_quantized_ppl():
+    specs = json.loads(run("quant", "list", "--json").stdout)["specs"]
+    assert {"int8", "int4-g32", "int4-g64", "int4-g128", "w8a8", "q8_0", "q4_0", "q4_1"} <= set(specs)
+    out = json.loads(run("ppl", "--quant", "q4_0", "--max-tokens", "300", "--window", "300", "--json").stdout)
+    assert out["quant"] == "q4_0" and 5 < out["ppl"] < 60
+    p = run("ppl", "--quant", "int3", ok=False)
+    assert p.returncode == 2 and "int4-g128" in p.stderr

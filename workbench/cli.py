@@ -20,6 +20,8 @@ def _model_args(p: argparse.ArgumentParser):
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quant", default=None, metavar="SPEC",
+                   help="quantize the weights first (see `workbench quant list`)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -70,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--output", default=None, help="also write the JSON result to this file (atomically)")
     _model_args(b)
 
+    p = sub.add_parser("quant", help="quantization specs")
+    quant = p.add_subparsers(dest="quant_command", required=True)
+    q = quant.add_parser("list", help="the specs --quant accepts")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+
     p = sub.add_parser("verify", help="check our logits and greedy output against transformers")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--tolerance", type=float, default=1e-3)
@@ -92,7 +99,12 @@ def _load(args):
     if args.threads:
         _positive("--threads", args.threads)
         torch.set_num_threads(args.threads)
-    return load_model(args.model, dtype=args.dtype, device=args.device)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    if getattr(args, "quant", None):
+        from .quant import quantize_
+
+        quantize_(model, args.quant)
+    return model, tokenizer
 
 
 def _sampling(args):
@@ -178,7 +190,7 @@ def cmd_ppl(args):
                    batch_size=args.batch_size, progress=not args.json)
     result = {"ppl": r.ppl, "tokens": r.tokens, "predictions": r.predictions, "window": r.window,
               "stride": r.stride, "nll": r.nll, "text": args.text_file or "built-in evaluation part",
-              "model": args.model, "dtype": args.dtype}
+              "model": args.model, "dtype": args.dtype, "quant": args.quant}
     _emit(args, result, f"perplexity {r.ppl:.4f} over {r.predictions} predictions "
                         f"({r.tokens} tokens, window {r.window}, stride {r.stride})")
 
@@ -199,7 +211,7 @@ def cmd_bench(args):
                                  f"the context window of {model.config.max_position_embeddings}")
     result = bench_decode(model, tokenizer, batch=args.batch, prompt_tokens=args.prompt_tokens,
                           new_tokens=args.new_tokens, repeats=args.repeats, warmup=args.warmup)
-    result["model"] = args.model
+    result.update(model=args.model, quant=args.quant)
     if args.output:
         atomic_write_json(args.output, result)
     _emit(args, result, f"batch {result['batch']} {result['dtype']}: prefill {result['prefill_tok_s']:.1f} tok/s, "
@@ -207,9 +219,23 @@ def cmd_bench(args):
                         f"weights {result['model_bytes'] / 1e6:.1f} MB, peak RSS {result['peak_rss_mb']:.0f} MB")
 
 
+def cmd_quant(args):
+    from .quant import SPECS
+
+    specs = {name: {"bits_per_weight_at_576_inputs": round(config.bits_per_weight(576), 3), "description": text}
+             for name, (config, text) in SPECS.items()}
+    _emit(args, {"specs": specs}, "\n".join(f"{name:<10} {v['bits_per_weight_at_576_inputs']:>6.3f} bits/weight  "
+                                           f"{v['description']}" for name, v in specs.items()))
+
+
 def cmd_verify(args):
     from .reference import verify
 
+    if args.quant:
+        from .errors import InvalidParameterError
+
+        raise InvalidParameterError("verify checks the float model against transformers; --quant does not apply "
+                                    "(compare a quantized model with `workbench ppl --quant SPEC`)")
     if args.dtype != "float32":
         from .errors import InvalidParameterError
 
@@ -222,7 +248,7 @@ def cmd_verify(args):
 
 
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "ppl": cmd_ppl,
-            "bench": cmd_bench, "verify": cmd_verify}
+            "bench": cmd_bench, "quant": cmd_quant, "verify": cmd_verify}
 
 
 def main(argv=None) -> int:

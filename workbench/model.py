@@ -160,13 +160,14 @@ class LlamaModel(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         self.rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
 
+    # Read from the final norm: norms stay floating point even when every matrix is quantized.
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
+        return self.model.norm.weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.model.embed_tokens.weight.device
+        return self.model.norm.weight.device
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         max_len = max_len or self.config.max_position_embeddings
@@ -196,7 +197,7 @@ class LlamaModel(nn.Module):
             if T > 1 and start > 0:  # a chunk continuing a cache: causal with an offset
                 mask = torch.ones(T, start + T, dtype=torch.bool, device=input_ids.device).tril(start)
         cos, sin = self.rotary(positions, self.dtype)
-        x = self.model.embed_tokens(input_ids)
+        x = self.model.embed_tokens(input_ids).to(self.dtype)
         for i, layer in enumerate(self.model.layers):
             layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
             x = layer(x, cos, sin, layer_cache, start, mask)

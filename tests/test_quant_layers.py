@@ -1,0 +1,93 @@
+"""Quantized layers store packed integers, compute what their math says, and swap in via quantize_."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from workbench import load_model
+from workbench.errors import InvalidParameterError
+from workbench.quant import SPECS, fake_quantize, quantize_
+from workbench.quant.linear import GGUFBlockLinear, Int4WeightOnlyLinear, Int8WeightOnlyLinear, W8A8Linear
+
+
+@pytest.fixture
+def weight():
+    return torch.randn(96, 576, generator=torch.Generator().manual_seed(0))
+
+
+def test_int8_weight_only_equals_fake_quant(weight):
+    layer = Int8WeightOnlyLinear(weight)
+    assert layer.qweight.dtype == torch.int8
+    assert torch.equal(layer.dequantized_weight(), fake_quantize(weight, 8, True, "channel"))
+
+
+def test_int4_packs_two_per_byte_and_handles_ragged_groups(weight):
+    layer = Int4WeightOnlyLinear(weight, 64)
+    assert layer.packed.dtype == torch.uint8 and layer.packed.shape == (96, 288)
+    assert torch.equal(layer.dequantized_weight(), fake_quantize(weight, 4, False, "group", 64))
+    ragged = Int4WeightOnlyLinear(weight, 128)  # 576 = 4 x 128 + 64: the last group is shorter
+    w_hat = ragged.dequantized_weight()
+    assert w_hat.shape == weight.shape
+    assert torch.equal(w_hat[:, 512:], fake_quantize(weight[:, 512:], 4, False, "group", 64))
+    with pytest.raises(InvalidParameterError):
+        Int4WeightOnlyLinear(weight, 3)
+
+
+def test_w8a8_matches_its_formula(weight):
+    layer = W8A8Linear(weight)
+    x = torch.randn(2, 3, 576)
+    x_hat = fake_quantize(x.reshape(-1, 576), 8, True, "channel").reshape(x.shape)  # per token = per row
+    expected = x_hat @ layer.dequantized_weight().t()
+    assert torch.allclose(layer(x), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_0", "Q4_1"])
+def test_gguf_block_layer_equals_gguf(weight, type_name):
+    import gguf
+    import numpy as np
+
+    layer = GGUFBlockLinear(weight, type_name)
+    kind = gguf.GGMLQuantizationType[type_name]
+    ref = gguf.quants.dequantize(gguf.quants.quantize(weight.numpy(), kind), kind)
+    assert np.array_equal(layer.dequantized_weight().numpy(), ref)
+
+
+@pytest.mark.parametrize("spec", list(SPECS))
+def test_quantize_model_in_place(spec):
+    model, _ = load_model("tiny-random")
+    reference = copy.deepcopy(model)
+    before = model.weight_bytes()
+    x = torch.randint(0, 1000, (1, 12))
+    quantize_(model, spec)
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    assert model.weight_bytes() < before / 2.5  # int8 and 4-bit formats really shrink the bytes
+    # the float model given each layer's dequantized weight computes the same logits
+    quantized = dict(model.named_modules())
+    for name, module in reference.named_modules():
+        if isinstance(module, nn.Linear):
+            module.weight = nn.Parameter(quantized[name].dequantized_weight())
+    reference.model.embed_tokens.weight = reference.lm_head.weight
+    with torch.inference_mode():
+        out, expected = model(x), reference(x)
+    tolerance = 0.05 * expected.abs().max() if spec == "w8a8" else 1e-5  # w8a8 also rounds activations
+    assert (out - expected).abs().max() <= tolerance
+    with pytest.raises(InvalidParameterError, match="already quantized"):
+        quantize_(model, spec)
+
+
+def test_int8_keeps_real_model_perplexity(model_and_tokenizer):
+    from workbench.eval import builtin_text, perplexity
+
+    model, tok = model_and_tokenizer
+    text = builtin_text()
+    base = perplexity(model, text, tok, window=512, max_tokens=1024).ppl
+    quantized = quantize_(copy.deepcopy(model), "int8")
+    assert perplexity(quantized, text, tok, window=512, max_tokens=1024).ppl < base * 1.01
+
+
+def test_unknown_spec_lists_valid_ones():
+    model, _ = load_model("tiny-random")
+    with pytest.raises(InvalidParameterError, match="int4-g128"):
+        quantize_(model, "int3")

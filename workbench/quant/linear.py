@@ -1,0 +1,140 @@
+"""Quantized replacements for `nn.Linear` that really store packed integers.
+
+Every class keeps its weight in its integer form (int8, two int4 per byte, or raw GGUF blocks),
+so model bytes in memory and on disk shrink. `forward` computes through PyTorch ops that exist
+today (dequantize, then `F.linear`; `torch._int_mm` for W8A8): correct, not yet fast. That is the
+kernel seam: a faster kernel replaces `forward` of one class and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoints import blocks
+from ..errors import InvalidParameterError
+from .math import calc_qparams, quantize
+
+
+class QuantizedLinear(nn.Module):
+    """Base class: a bias-free linear layer whose weight is stored quantized."""
+
+    format = "?"
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float32 (out, in) weight this layer computes with."""
+        return self.dequantize_rows(slice(None))
+
+    def dequantize_rows(self, rows) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantized_weight().to(x.dtype))
+
+    def weight_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}"
+
+
+class Int8WeightOnlyLinear(QuantizedLinear):
+    """int8 weights, symmetric, one float32 scale per output channel: w = q * scale."""
+
+    format = "int8"
+
+    def __init__(self, weight: torch.Tensor, observer="minmax"):
+        super().__init__(weight.shape[1], weight.shape[0])
+        qp = calc_qparams(weight, 8, True, "channel", observer=observer)
+        self.register_buffer("qweight", quantize(weight, qp).to(torch.int8))
+        self.register_buffer("scale", qp.scale.reshape(-1, 1))
+
+    def dequantize_rows(self, rows):
+        return self.qweight[rows].float() * self.scale[rows]
+
+
+class Int4WeightOnlyLinear(QuantizedLinear):
+    """4-bit weights, asymmetric per group of `group_size` inputs, packed two per byte:
+    w = (q - zero_point) * scale; byte j of a row holds input 2j (low nibble) and 2j+1 (high)."""
+
+    def __init__(self, weight: torch.Tensor, group_size: int = 128, observer="minmax"):
+        super().__init__(weight.shape[1], weight.shape[0])
+        if not isinstance(group_size, int) or group_size < 2 or group_size % 2:
+            raise InvalidParameterError(f"int4 group size must be an even integer >= 2, got {group_size!r}")
+        self.group_size = group_size
+        self.format = f"int4-g{group_size}"
+        # A row whose length is not a multiple of the group size gets a shorter last group: padding
+        # with zeros changes no range (asymmetric ranges always contain 0) and is sliced off on use.
+        weight = F.pad(weight.float(), (0, -weight.shape[1] % group_size))
+        qp = calc_qparams(weight, 4, False, "group", group_size, observer=observer)
+        q = quantize(weight, qp).to(torch.uint8)
+        self.register_buffer("packed", q[:, 0::2] | (q[:, 1::2] << 4))
+        self.register_buffer("scale", qp.scale.reshape(self.out_features, -1))
+        self.register_buffer("zero_point", qp.zero_point.reshape(self.out_features, -1).to(torch.uint8))
+
+    def dequantize_rows(self, rows):
+        packed = self.packed[rows]
+        q = torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(*packed.shape[:-1], -1)
+        groups = q.reshape(*q.shape[:-1], -1, self.group_size).float()
+        zp, scale = self.zero_point[rows].float().unsqueeze(-1), self.scale[rows].unsqueeze(-1)
+        return ((groups - zp) * scale).reshape(q.shape)[..., :self.in_features]
+
+
+class W8A8Linear(Int8WeightOnlyLinear):
+    """int8 weights (per output channel) and int8 activations quantized on the fly per token
+    (symmetric, scale = max|x_token| / 127); the product accumulates exactly in int32."""
+
+    format = "w8a8"
+
+    def __init__(self, weight: torch.Tensor, observer="minmax"):
+        super().__init__(weight, observer)
+        self.register_buffer("qweight_t", self.qweight.t().contiguous())  # (in, out) for _int_mm
+        del self.qweight
+
+    def dequantize_rows(self, rows):
+        return self.qweight_t.t()[rows].float() * self.scale[rows]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).float()
+        x_scale = flat.abs().amax(-1, keepdim=True).clamp(min=1e-8) / 127
+        x_q = torch.round(flat / x_scale).clamp(-127, 127).to(torch.int8)
+        acc = torch._int_mm(x_q, self.qweight_t) if x_q.shape[0] > 0 else flat.new_zeros(0, self.out_features)
+        out = acc.float() * x_scale * self.scale.reshape(1, -1)
+        return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+class GGUFBlockLinear(QuantizedLinear):
+    """Raw GGUF blocks (Q8_0, Q4_0, Q4_1: 32 weights each, see `checkpoints.blocks`), as llama.cpp stores them."""
+
+    def __init__(self, weight: torch.Tensor, type_name: str):
+        super().__init__(weight.shape[1], weight.shape[0])
+        if type_name not in blocks.BLOCK_BYTES:
+            raise InvalidParameterError(f"unknown GGUF block type {type_name!r} (accepted: {', '.join(blocks.BLOCK_BYTES)})")
+        self.format = type_name.lower()
+        self.type_name = type_name
+        self.register_buffer("raw", blocks.quantize_raw(weight.float(), type_name))
+
+    def dequantize_rows(self, rows):
+        raw = self.raw[rows]
+        out = blocks.BLOCK_DEQUANTIZERS[self.type_name](raw.reshape(-1, blocks.BLOCK_BYTES[self.type_name]))
+        return out.reshape(*raw.shape[:-1], self.in_features)
+
+
+class QuantizedEmbedding(nn.Module):
+    """Token lookup from a quantized output head, for tied embeddings: one quantized copy serves both."""
+
+    def __init__(self, head: QuantizedLinear):
+        super().__init__()
+        self.head = [head]  # a list, so the head's buffers are not registered (and counted) twice
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head[0].dequantize_rows(ids.reshape(-1)).reshape(*ids.shape, -1)
+
+    @property
+    def weight(self):
+        return self.head[0].dequantized_weight()
