@@ -95,3 +95,15 @@ def test_quant_list_and_quantized_ppl():
     assert out["quant"] == "q4_0" and 5 < out["ppl"] < 60
     p = run("ppl", "--quant", "int3", ok=False)
     assert p.returncode == 2 and "int4-g128" in p.stderr
+
+
+def test_export_gguf_and_directory(tmp_path):
+    out = json.loads(run("export", str(tmp_path / "m.gguf"), "--model", "tiny-random", "--quant", "q4_0",
+                         "--type", "q4_0", "--json").stdout)
+    assert out["type"] == "Q4_0" and (tmp_path / "m.gguf").is_file()
+    info = json.loads(run("info", "--model", str(tmp_path / "m.gguf"), "--json").stdout)
+    assert info["config"]["hidden_size"] == 64
+    run("export", str(tmp_path / "hf"), "--model", "tiny-random")
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+    p = run("export", str(tmp_path / "hf2"), "--model", "tiny-random", "--quant", "int8", ok=False)
+    assert p.returncode == 2 and ".gguf" in p.stderr

@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--output", default=None, help="also write the JSON result to this file (atomically)")
     _model_args(b)
 
+    p = sub.add_parser("export", help="write the (optionally --quant'ed) model as a GGUF file or a HF directory")
+    p.add_argument("output", help="a path ending in .gguf, or a directory (Hugging Face safetensors, float only)")
+    p.add_argument("--type", default="Q8_0", type=str.upper, help="GGUF tensor type: F32, F16, Q8_0, Q4_0, Q4_1")
+    _model_args(p)
+
     p = sub.add_parser("quant", help="quantization specs")
     quant = p.add_subparsers(dest="quant_command", required=True)
     q = quant.add_parser("list", help="the specs --quant accepts")
@@ -219,6 +224,29 @@ def cmd_bench(args):
                         f"weights {result['model_bytes'] / 1e6:.1f} MB, peak RSS {result['peak_rss_mb']:.0f} MB")
 
 
+def cmd_export(args):
+    from pathlib import Path
+
+    from .errors import InvalidParameterError
+
+    out = Path(args.output)
+    model, tokenizer = _load(args)
+    if out.suffix.lower() == ".gguf":
+        from .checkpoints.gguf_export import export_gguf
+
+        export_gguf(model, tokenizer, out, args.type, name=f"{args.model} ({args.quant or 'float'} -> {args.type})")
+    else:
+        if args.quant:
+            raise InvalidParameterError("a Hugging Face directory holds float weights; to keep a quantized model, "
+                                        "export a .gguf file with --type Q8_0, Q4_0 or Q4_1")
+        from .checkpoints import save_pretrained
+
+        save_pretrained(model, out, tokenizer)
+    result = {"output": str(out), "bytes": sum(f.stat().st_size for f in ([out] if out.is_file() else out.iterdir())),
+              "type": args.type if out.suffix.lower() == ".gguf" else str(model.dtype).removeprefix("torch.")}
+    _emit(args, result, f"wrote {result['output']} ({result['bytes'] / 1e6:.1f} MB, {result['type']})")
+
+
 def cmd_quant(args):
     from .quant import SPECS
 
@@ -248,7 +276,7 @@ def cmd_verify(args):
 
 
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "ppl": cmd_ppl,
-            "bench": cmd_bench, "quant": cmd_quant, "verify": cmd_verify}
+            "bench": cmd_bench, "export": cmd_export, "quant": cmd_quant, "verify": cmd_verify}
 
 
 def main(argv=None) -> int:

@@ -46,8 +46,10 @@ class Tokenizer:
     """Text <-> token ids, plus the model's chat template and stop tokens."""
 
     def __init__(self, backend: FastTokenizer, *, bos_token: str | None, eos_token: str | None,
-                 chat_template: str | None, add_bos_token: bool = False, pad_token: str | None = None):
+                 chat_template: str | None, add_bos_token: bool = False, pad_token: str | None = None,
+                 gguf_pre: str | None = None):
         self.backend = backend
+        self.gguf_pre = gguf_pre  # llama.cpp's name for the split rules, kept for GGUF export
         self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
         self.chat_template = chat_template
         self.add_bos_token = add_bos_token
@@ -78,7 +80,7 @@ class Tokenizer:
         return cls(backend, bos_token=token("bos_token_id"), eos_token=token("eos_token_id"),
                    pad_token=token("padding_token_id"),
                    chat_template=ckpt.field("tokenizer.chat_template"),
-                   add_bos_token=bool(ckpt.field("tokenizer.ggml.add_bos_token", False)))
+                   add_bos_token=bool(ckpt.field("tokenizer.ggml.add_bos_token", False)), gguf_pre=pre)
 
     @classmethod
     def _from_gguf_via_transformers(cls, ckpt, kind: str) -> "Tokenizer":
@@ -116,7 +118,7 @@ class Tokenizer:
 
         return cls(backend, bos_token=content(cfg.get("bos_token")), eos_token=content(cfg.get("eos_token")),
                    pad_token=content(cfg.get("pad_token")), chat_template=template,
-                   add_bos_token=bool(cfg.get("add_bos_token", False)))
+                   add_bos_token=bool(cfg.get("add_bos_token", False)), gguf_pre=cfg.get("gguf_pre"))
 
     def save(self, path: str | Path):
         """Write tokenizer.json and tokenizer_config.json (what `AutoTokenizer` reads)."""
@@ -129,6 +131,7 @@ class Tokenizer:
             "clean_up_tokenization_spaces": False,
             "model_max_length": 1_000_000,
             "chat_template": self.chat_template,
+            "gguf_pre": self.gguf_pre,
         }
         atomic_write_text(path / "tokenizer_config.json", json.dumps({k: v for k, v in cfg.items() if v is not None}, indent=2))
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tokenizer_config.json records the GGUF pre-tokenizer name
 
 
 def cache_root() -> Path:

@@ -73,6 +73,11 @@ class GGUFBlockConfig:
         return BLOCK_BYTES[self.type_name] * 8 / 32
 
 
+# Calibrated methods (they need `quantize_(..., tokenizer=...)`): defined next to their algorithms.
+from .awq import AWQConfig  # noqa: E402
+from .gptq import GPTQConfig  # noqa: E402
+from .smoothquant import SmoothQuantConfig  # noqa: E402
+
 # spec -> (config, one-line description)
 SPECS = {
     "int8": (Int8WeightOnlyConfig(), "int8 weight-only, symmetric per output channel"),
@@ -80,6 +85,11 @@ SPECS = {
     "int4-g64": (Int4WeightOnlyConfig(64), "int4 weight-only, asymmetric, groups of 64, round-to-nearest"),
     "int4-g128": (Int4WeightOnlyConfig(128), "int4 weight-only, asymmetric, groups of 128, round-to-nearest"),
     "w8a8": (W8A8Config(), "int8 weights per channel x int8 activations per token (dynamic)"),
+    "int4-g128-gptq": (GPTQConfig(128), "int4-g128 format, integers by GPTQ (calibrated: 2048 tokens)"),
+    "int4-g128-gptq-actorder": (GPTQConfig(128, act_order=True),
+                                "int4-g128 format, GPTQ with act_order + static groups (calibrated)"),
+    "int4-g128-awq": (AWQConfig(128), "int4-g128 format, AWQ activation-aware scales then RTN (calibrated)"),
+    "w8a8-smoothquant": (SmoothQuantConfig(), "w8a8 after SmoothQuant scale migration, alpha 0.5 (calibrated)"),
     "q8_0": (GGUFBlockConfig("Q8_0"), "GGUF Q8_0: 32 int8 + a float16 scale per block"),
     "q4_0": (GGUFBlockConfig("Q4_0"), "GGUF Q4_0: 32 x 4-bit + a float16 scale per block"),
     "q4_1": (GGUFBlockConfig("Q4_1"), "GGUF Q4_1: 32 x 4-bit + a float16 scale and minimum per block"),
@@ -93,8 +103,13 @@ def config_from_spec(spec: str):
     return SPECS[spec][0]
 
 
-def quantize_(model, config, filter_fn=None):
+def quantize_(model, config, filter_fn=None, *, tokenizer=None, calibration_text=None):
     """Replace every `nn.Linear` of `model` (for which `filter_fn(name, module)` is true) in place.
+
+    Calibrated methods (configs with `needs_calibration`: GPTQ, AWQ, SmoothQuant) first run
+    calibration text through the model: `tokenizer` is then required, and `calibration_text` (a
+    string or token ids) defaults to the calibration half of the built-in corpus. Other configs
+    ignore both.
 
     With tied embeddings and a quantized head, the token embedding reads its rows from the same
     quantized matrix, so the largest tensor is stored once, quantized. Returns the model.
@@ -103,6 +118,9 @@ def quantize_(model, config, filter_fn=None):
         config = config_from_spec(config)
     if any(isinstance(m, QuantizedLinear) for m in model.modules()):
         raise InvalidParameterError("this model is already quantized; quantize a float model (load it again)")
+    if getattr(config, "needs_calibration", False):
+        # GPTQ replaces decoder Linears itself; AWQ/SmoothQuant fold scales, and the loop below quantizes.
+        config.calibrate(model, tokenizer=tokenizer, calibration_text=calibration_text, filter_fn=filter_fn)
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             full = f"{parent_name}.{name}" if parent_name else name

@@ -1,0 +1,303 @@
+"""GPTQ: 4-bit weights whose rounding errors are compensated by the columns not yet quantized.
+
+Follows Frantar, Ashkboos, Hoefler, Alistarh, "GPTQ: Accurate Post-Training Quantization for
+Generative Pre-trained Transformers" (2022, arXiv:2210.17323), Algorithm 1, and its reference code.
+
+For one Linear with weight W (rows x cols) and calibration inputs X (tokens x cols), GPTQ minimises
+||X W^T - X Ŵ^T||^2 one input column at a time:
+    H = 2 X^T X / N                                   (Hessian of that error, shared by every row)
+    H += damp * mean(diag H) * I                      (dampening, damp = 1%: H may be singular)
+    U = cholesky(H^-1), upper                         (the rows of U give the OBS updates directly)
+    for each column j (in blocks of 128 columns; updates to later blocks applied once per block):
+        when j starts a group: scale/zero-point of the group from the *current* (updated) weights
+        q_j = quantize(w_j);  err = (w_j - dequant(q_j)) / U[j, j]
+        w_k -= err * U[j, k]  for every later column k  (spreads the error where H says it hurts least)
+act_order processes columns by descending diag(H) (the inputs with most energy first). The integers
+must still fit `Int4WeightOnlyLinear`'s layout (groups of consecutive *original* columns), so with
+act_order the group parameters are fixed before the loop from the float weights ("static_groups"
+in the reference code) and each column uses the parameters of its original group.
+
+Whole model: decoder layers are quantized in order, and the calibration inputs of layer i are
+computed by layers < i that are already quantized, so each layer corrects for the error upstream.
+Inside a layer the Linears go in the "true sequential" order of the reference code: q/k/v, then
+o_proj (inputs recomputed with quantized q/k/v), then gate/up, then down_proj.
+
+The output head (tied to the token embedding here) stays round-to-nearest int4 (or float with
+`include_head=False`): its GPTQ update would also rewrite the embedding rows that share its storage.
+
+The helpers below (calibration tokens, layer-by-layer runner, building an Int4WeightOnlyLinear from
+precomputed integers) are shared with `awq.py` and `smoothquant.py`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import InvalidParameterError
+from .linear import Int4WeightOnlyLinear, QuantizedLinear
+from .math import calc_qparams
+
+MIN_CALIBRATION_TOKENS = 64
+
+# Linears of one decoder layer, in the order GPTQ quantizes them ("true sequential").
+SEQUENTIAL_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
+                     ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
+
+
+# ----------------------------------------------------------------------------------------- shared helpers
+
+def calibration_ids(model, tokenizer, calibration_text, calibration_tokens: int, window: int) -> torch.Tensor:
+    """(windows, tokens) ids of the calibration text: its first `calibration_tokens` tokens, cut into
+    non-overlapping windows of at most `window` tokens (shorter remainder dropped unless it is all).
+
+    `calibration_text` is a string (tokenized with `tokenizer`, no special tokens), a sequence of ids,
+    or None for the calibration half of the built-in corpus (never overlaps the evaluation half).
+    """
+    if calibration_text is None or isinstance(calibration_text, str):
+        if tokenizer is None:
+            raise InvalidParameterError("this quantization method needs calibration data: pass "
+                                        "quantize_(model, spec, tokenizer=tokenizer) (and optionally calibration_text=...)")
+        if calibration_text is None:
+            from ..eval import builtin_text
+
+            calibration_text = builtin_text("calibration")
+        ids = tokenizer.encode(calibration_text, add_special_tokens=False)
+    else:
+        ids = [int(i) for i in calibration_text]
+    ids = ids[:calibration_tokens]
+    if len(ids) < MIN_CALIBRATION_TOKENS:
+        raise InvalidParameterError(f"calibration text has {len(ids)} tokens; at least {MIN_CALIBRATION_TOKENS} "
+                                    f"are needed ({calibration_tokens} requested)")
+    window = min(window, model.config.max_position_embeddings)
+    n = max(1, len(ids) // window)
+    length = min(window, len(ids))
+    return torch.tensor(ids[:n * length], dtype=torch.long, device=model.device).reshape(n, length)
+
+
+class LayerRunner:
+    """Runs calibration windows through the decoder one layer at a time (no KV cache, causal).
+
+    `hidden` is the input of the next layer; `capture(layer, names)` runs that layer and returns the
+    inputs of the named sub-modules, flattened to (tokens, in_features) float32; `advance(layer)`
+    replaces `hidden` with the layer's output (computed with whatever the layer holds now).
+    """
+
+    def __init__(self, model, ids: torch.Tensor):
+        self.model = model
+        with torch.no_grad():
+            self.hidden = model.model.embed_tokens(ids).to(model.dtype)
+        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        self.cos, self.sin = model.rotary(positions, model.dtype)
+
+    @torch.no_grad()
+    def capture(self, layer, names) -> dict[str, torch.Tensor]:
+        modules = dict(layer.named_modules())
+        seen, handles = {}, []
+        for name in names:
+            def hook(_module, args, name=name):
+                seen[name] = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            handles.append(modules[name].register_forward_pre_hook(hook))
+        try:
+            layer(self.hidden, self.cos, self.sin, None, 0, None)
+        finally:
+            for h in handles:
+                h.remove()
+        return seen
+
+    @torch.no_grad()
+    def advance(self, layer):
+        self.hidden = layer(self.hidden, self.cos, self.sin, None, 0, None)
+
+
+def set_submodule(root: nn.Module, name: str, module: nn.Module):
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def int4_linear_from_integers(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                              group_size: int) -> Int4WeightOnlyLinear:
+    """An `Int4WeightOnlyLinear` holding precomputed integers, in exactly the layout its constructor makes.
+
+    q (out, in) integers 0..15; scale (out, groups) float32; zero_point (out, groups) 0..15 with
+    groups = ceil(in / group_size). A ragged last group is padded with its zero-point (dequantizes to
+    0, sliced off on use), as the constructor's zero padding would quantize.
+    """
+    out_features, in_features = q.shape
+    groups = -(-in_features // group_size)
+    if scale.shape != (out_features, groups) or zero_point.shape != (out_features, groups):
+        raise InvalidParameterError(f"scale/zero_point must have shape {(out_features, groups)}")
+    if q.min() < 0 or q.max() > 15 or zero_point.min() < 0 or zero_point.max() > 15:
+        raise InvalidParameterError("int4 integers and zero-points must lie in 0..15")
+    pad = -in_features % group_size
+    q = torch.cat([q, zero_point[:, -1:].expand(-1, pad)], dim=1) if pad else q
+    q = q.to(torch.uint8)
+    # Bypass __init__ (which quantizes by round-to-nearest) but build the very same buffers.
+    layer = Int4WeightOnlyLinear.__new__(Int4WeightOnlyLinear)
+    QuantizedLinear.__init__(layer, in_features, out_features)
+    layer.group_size = group_size
+    layer.format = f"int4-g{group_size}"
+    layer.register_buffer("packed", q[:, 0::2] | (q[:, 1::2] << 4))
+    layer.register_buffer("scale", scale.float().reshape(out_features, groups).contiguous())
+    layer.register_buffer("zero_point", zero_point.reshape(out_features, groups).to(torch.uint8))
+    return layer
+
+
+def _group_qparams(w: torch.Tensor):
+    """Asymmetric 4-bit min/max (scale, zero_point), each (rows, 1), for one group of columns `w`.
+
+    Via `math.calc_qparams` per row: the same numbers Int4WeightOnlyLinear's RTN would choose
+    for these values (its zero padding of a ragged group changes no asymmetric range)."""
+    qp = calc_qparams(w, 4, False, "channel")
+    return qp.scale.reshape(-1, 1), qp.zero_point.reshape(-1, 1)
+
+
+def _quant_column(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor):
+    """(integers, dequantized) for one column, with math.quantize's arithmetic (round(x * 1/s) + z)."""
+    q = (torch.round(w * (1.0 / scale)) + zero_point).clamp(0, 15)
+    return q, (q - zero_point) * scale
+
+
+# ----------------------------------------------------------------------------------------- GPTQ proper
+
+def hessian(x: torch.Tensor) -> torch.Tensor:
+    """H = 2 X^T X / N for inputs X (tokens, in_features), accumulated in float64 for stability."""
+    x = x.reshape(-1, x.shape[-1]).double()
+    return (2.0 / x.shape[0]) * (x.T @ x)
+
+
+@torch.no_grad()
+def gptq_quantize_weight(weight: torch.Tensor, H: torch.Tensor, group_size: int = 128, block_size: int = 128,
+                         damp: float = 0.01, act_order: bool = False):
+    """GPTQ integers for one weight (out, in) given the Hessian H (in, in) of its inputs.
+
+    Returns (q, scale, zero_point): q (out, in) int32 in 0..15, scale/zero_point (out, groups) for
+    groups of `group_size` consecutive original columns (last one ragged), asymmetric 4-bit.
+    """
+    if not isinstance(group_size, int) or group_size < 2 or group_size % 2:
+        raise InvalidParameterError(f"int4 group size must be an even integer >= 2, got {group_size!r}")
+    W = weight.detach().float().clone()
+    rows, cols = W.shape
+    H = H.detach().double().clone()
+    dead = torch.diag(H) == 0          # an input that is always 0: its weights can't matter
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    n_groups = -(-cols // group_size)
+
+    static = None
+    if act_order:
+        # Static groups: parameters from the float weights, so groups stay consecutive original columns.
+        static = [_group_qparams(W[:, g * group_size:(g + 1) * group_size]) for g in range(n_groups)]
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    else:
+        perm = torch.arange(cols)
+    col_group = perm // group_size     # original group of each processed column
+
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype, device=H.device)
+    try:
+        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    except torch.linalg.LinAlgError as e:  # pragma: no cover - only for pathological inputs
+        raise InvalidParameterError(f"GPTQ: Hessian not positive definite even after dampening ({e}); "
+                                    "raise `damp` or use more calibration tokens") from e
+    Hinv = Hinv.float()
+
+    Q = torch.zeros(rows, cols, dtype=torch.float32, device=W.device)
+    scales = torch.zeros(rows, n_groups, dtype=torch.float32, device=W.device)
+    zeros = torch.zeros(rows, n_groups, dtype=torch.float32, device=W.device)
+    if static is not None:
+        for g, (s, z) in enumerate(static):
+            scales[:, g:g + 1], zeros[:, g:g + 1] = s, z.float()
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1, Err1, Hinv1 = W[:, i1:i2].clone(), torch.zeros(rows, i2 - i1, device=W.device), Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            j = i1 + i
+            g = int(col_group[j])
+            if static is None and j % group_size == 0:
+                # Group parameters from the weights as they are *now*, errors of earlier columns included.
+                current = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :min(group_size, cols - j)]
+                s, z = _group_qparams(current)
+                scales[:, g:g + 1], zeros[:, g:g + 1] = s, z.float()
+            s, z = scales[:, g], zeros[:, g]
+            w = W1[:, i]
+            q, w_hat = _quant_column(w, s, z)
+            Q[:, j] = q
+            err = (w - w_hat) / Hinv1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        # Lazy batch update: the later blocks receive this block's errors in one matmul.
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    if act_order:
+        Q = Q[:, torch.argsort(perm)]
+    return Q.to(torch.int32), scales, zeros.to(torch.int32)
+
+
+@dataclass(frozen=True)
+class GPTQConfig:
+    """int4 weight-only, asymmetric per group (Int4WeightOnlyLinear format), integers chosen by GPTQ.
+
+    Needs calibration data: `quantize_(model, config, tokenizer=tok)` uses the first
+    `calibration_tokens` tokens of `calibration_text` (default: the calibration half of the built-in
+    corpus) in windows of `window` tokens. 2048 tokens (4 x 512) take about a minute for SmolLM2-135M
+    on a laptop CPU; the GPTQ paper uses 128 x 2048 tokens of C4, which helps mostly larger models.
+    The output head is quantized round-to-nearest (`include_head`), see the module docstring.
+    """
+
+    group_size: int = 128
+    act_order: bool = False
+    damp: float = 0.01
+    block_size: int = 128
+    calibration_tokens: int = 2048
+    window: int = 512
+    include_head: bool = True
+    needs_calibration = True  # class attribute, not a field: quantize_ passes calibration data
+
+    def make(self, weight):
+        """Round-to-nearest fallback (the output head, layers outside the decoder)."""
+        return Int4WeightOnlyLinear(weight, self.group_size)
+
+    def bits_per_weight(self, in_features: int) -> float:
+        return 4 + (32 + 8) / self.group_size
+
+    def calibrate(self, model, tokenizer=None, calibration_text=None, filter_fn=None, verbose=False):
+        return gptq_quantize_model(model, calibration_ids(model, tokenizer, calibration_text,
+                                                          self.calibration_tokens, self.window),
+                                   self, filter_fn, verbose)
+
+
+@torch.no_grad()
+def gptq_quantize_model(model, ids: torch.Tensor, config: GPTQConfig = GPTQConfig(), filter_fn=None,
+                        verbose: bool = False):
+    """Replace every decoder Linear (for which filter_fn(name, module) holds) by its GPTQ int4 version."""
+    runner = LayerRunner(model, ids)
+    for index, layer in enumerate(model.model.layers):
+        start = time.perf_counter()
+        for names in SEQUENTIAL_GROUPS:
+            names = [n for n in names if isinstance(layer.get_submodule(n), nn.Linear) and
+                     (filter_fn is None or filter_fn(f"model.layers.{index}.{n}", layer.get_submodule(n)))]
+            if not names:
+                continue
+            inputs = runner.capture(layer, names)   # with the layer's earlier groups already quantized
+            for name in names:
+                linear = layer.get_submodule(name)
+                q, scale, zp = gptq_quantize_weight(linear.weight, hessian(inputs[name]), config.group_size,
+                                                    config.block_size, config.damp, config.act_order)
+                new = int4_linear_from_integers(q, scale, zp, config.group_size)
+                set_submodule(layer, name, new.to(linear.weight.device))
+        runner.advance(layer)                       # next layer's inputs come from this quantized layer
+        if verbose:
+            print(f"gptq layer {index}: {time.perf_counter() - start:.1f}s")
+    return model
+
+
+def rtn_reference(weight: torch.Tensor, group_size: int = 128) -> torch.Tensor:
+    """Round-to-nearest int4 dequantized weight in the same format (for comparisons)."""
+    return Int4WeightOnlyLinear(weight, group_size).dequantized_weight()
+
+
+__all__ = ["GPTQConfig", "gptq_quantize_weight", "gptq_quantize_model", "hessian", "int4_linear_from_integers",
+           "calibration_ids", "LayerRunner", "rtn_reference"]
