@@ -212,3 +212,11 @@ def test_matches_gguf_on_bundled_weights(bundled_checkpoint, type_name):
     weight = bundled_checkpoint.dequantize("blk.0.ffn_down.weight")
     assert tuple(weight.shape) == (576, 1536)
     _assert_same_bytes(weight.numpy(), type_name)
+
+
+def test_requantizing_bundled_q4_1_reproduces_the_file(bundled_checkpoint):
+    """Decoding the stored Q4_1 blocks and encoding them again gives back the very same bytes."""
+    raw, type_name, shape = bundled_checkpoint.raw_tensor("blk.0.ffn_down.weight")
+    assert type_name == "Q4_1"
+    again = quantize_q4_1(dequantize_raw(raw, type_name, shape))
+    np.testing.assert_array_equal(again.numpy(), np.asarray(raw).reshape(tuple(again.shape)))
