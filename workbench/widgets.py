@@ -60,20 +60,25 @@ def quant_error_report(tensor, bits: int = 4, scheme="sym", granularity: str = "
     """
     x = _as_matrix(tensor)
     qp, q, x_hat = _fake_quantize(x, bits, scheme, granularity, group_size, observer)
+    return _report(x, qp, q, x_hat, observer)
+
+
+def _report(x, qp, q, x_hat, observer) -> dict:
     err = quantization_error(x, x_hat)
     # a value is clipped when it was saturated at qmin/qmax and its error exceeds half a step
-    half_step = group_view(torch.ones_like(x), qp.granularity, qp.group_size) * qp.scale / 2
+    half_step = (group_view(torch.ones_like(x), qp.granularity, qp.group_size) * qp.scale / 2).reshape(x.shape)
     saturated = (q == qp.qmin) | (q == qp.qmax)
-    beyond = ((x_hat - x).abs() > half_step.reshape(x.shape) * (1 + 1e-5))
+    beyond = (x_hat - x).abs() > half_step * (1 + 1e-5)
     scales = qp.scale.numel()
-    overhead = scales * (32 + (0 if qp.symmetric else bits))
+    overhead = scales * (32 + (0 if qp.symmetric else qp.bits))
     name = observer if isinstance(observer, str) else getattr(observer, "name", type(observer).__name__)
-    return {"bits": bits, "scheme": "sym" if qp.symmetric else "asym", "granularity": granularity,
+    signal = x.pow(2).mean().item()
+    return {"bits": qp.bits, "scheme": "sym" if qp.symmetric else "asym", "granularity": qp.granularity,
             "group_size": qp.group_size, "observer": name, "numel": x.numel(),
             "mse": err["mse"], "sqnr_db": err["sqnr_db"], "max_abs_error": err["max_abs_error"],
             "mean_abs_error": (x_hat - x).abs().mean().item(),
-            "rel_rmse": (err["mse"] / x.pow(2).mean().item()) ** 0.5 if x.pow(2).mean() > 0 else float("nan"),
-            "scale_count": scales, "bits_per_value": bits + overhead / x.numel(),
+            "rel_rmse": (err["mse"] / signal) ** 0.5 if signal > 0 else float("nan"),
+            "scale_count": scales, "bits_per_value": qp.bits + overhead / x.numel(),
             "clipped_fraction": (saturated & beyond).float().mean().item()}
 
 
@@ -88,7 +93,7 @@ def plot_quant_error(tensor, bits: int = 4, scheme="sym", granularity: str = "ch
     """
     x = _as_matrix(tensor)
     qp, q, x_hat = _fake_quantize(x, bits, scheme, granularity, group_size, observer)
-    report = quant_error_report(x, bits, scheme, granularity, group_size, observer)
+    report = _report(x, qp, q, x_hat, observer)
     flat, flat_hat = x.flatten(), x_hat.flatten()
     if flat.numel() > _PLOT_POINTS:
         # a seeded random subsample, plus the largest values and errors so that the extremes show
