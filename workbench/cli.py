@@ -108,7 +108,7 @@ def _load(args):
     if getattr(args, "quant", None):
         from .quant import quantize_
 
-        quantize_(model, args.quant)
+        quantize_(model, args.quant, tokenizer=tokenizer)  # calibrated specs read the built-in text
     return model, tokenizer
 
 
@@ -252,7 +252,7 @@ def cmd_quant(args):
 
     specs = {name: {"bits_per_weight_at_576_inputs": round(config.bits_per_weight(576), 3), "description": text}
              for name, (config, text) in SPECS.items()}
-    _emit(args, {"specs": specs}, "\n".join(f"{name:<10} {v['bits_per_weight_at_576_inputs']:>6.3f} bits/weight  "
+    _emit(args, {"specs": specs}, "\n".join(f"{name:<24} {v['bits_per_weight_at_576_inputs']:>6.3f} bits/weight  "
                                            f"{v['description']}" for name, v in specs.items()))
 
 

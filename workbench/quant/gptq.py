@@ -219,7 +219,11 @@ def gptq_quantize_weight(weight: torch.Tensor, H: torch.Tensor, group_size: int 
             g = int(col_group[j])
             if static is None and j % group_size == 0:
                 # Group parameters from the weights as they are *now*, errors of earlier columns included.
-                current = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :min(group_size, cols - j)]
+                width = min(group_size, cols - j)
+                current = W1[:, i:i + width]
+                if current.shape[1] < width:  # the group runs past this block: add its pending updates
+                    rest = slice(i2, i2 + width - current.shape[1])
+                    current = torch.cat([current, W[:, rest] - Err1[:, :i] @ Hinv[i1:j, rest]], dim=1)
                 s, z = _group_qparams(current)
                 scales[:, g:g + 1], zeros[:, g:g + 1] = s, z.float()
             s, z = scales[:, g], zeros[:, g]
@@ -242,8 +246,9 @@ class GPTQConfig:
 
     Needs calibration data: `quantize_(model, config, tokenizer=tok)` uses the first
     `calibration_tokens` tokens of `calibration_text` (default: the calibration half of the built-in
-    corpus) in windows of `window` tokens. 2048 tokens (4 x 512) take about a minute for SmolLM2-135M
-    on a laptop CPU; the GPTQ paper uses 128 x 2048 tokens of C4, which helps mostly larger models.
+    corpus) in windows of `window` tokens (CLI default 2048 tokens = 4 x 512). For SmolLM2-135M on a
+    busy 2-core CPU that took 7 minutes (the column loop is sequential Python); the GPTQ paper uses
+    128 x 2048 tokens of C4.
     The output head is quantized round-to-nearest (`include_head`), see the module docstring.
     """
 
@@ -281,10 +286,11 @@ def gptq_quantize_model(model, ids: torch.Tensor, config: GPTQConfig = GPTQConfi
                      (filter_fn is None or filter_fn(f"model.layers.{index}.{n}", layer.get_submodule(n)))]
             if not names:
                 continue
-            inputs = runner.capture(layer, names)   # with the layer's earlier groups already quantized
+            inputs = runner.capture(layer, names[:1])  # with the layer's earlier groups already quantized
+            H = hessian(inputs[names[0]])               # the group's Linears share one input, so one H
             for name in names:
                 linear = layer.get_submodule(name)
-                q, scale, zp = gptq_quantize_weight(linear.weight, hessian(inputs[name]), config.group_size,
+                q, scale, zp = gptq_quantize_weight(linear.weight, H, config.group_size,
                                                     config.block_size, config.damp, config.act_order)
                 new = int4_linear_from_integers(q, scale, zp, config.group_size)
                 set_submodule(layer, name, new.to(linear.weight.device))
