@@ -38,6 +38,7 @@ from workbench.checkpoints import load_model  # noqa: E402
 from workbench.engine import SamplingParams, generate_ids  # noqa: E402
 from workbench.io import atomic_write_json, atomic_write_text  # noqa: E402
 from workbench.reference import load_reference  # noqa: E402
+from workbench.model import weight_bytes  # noqa: E402
 
 MODEL = "smollm2-135m"
 MARK_START, MARK_END = "<!-- decode-benchmark:start -->", "<!-- decode-benchmark:end -->"
@@ -183,18 +184,6 @@ def ours_tokens(model, prompts, new_tokens) -> list[list[int]]:
     params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
     steps = list(generate_ids(model, prompts, params))
     return [list(row) for row in zip(*steps)]
-
-
-def weight_bytes(module: torch.nn.Module) -> int:
-    """Bytes of every weight (parameters and non-rotary buffers), a tied tensor counted once."""
-    seen, total = set(), 0
-    tensors = list(module.parameters()) + [b for n, b in module.named_buffers() if "rotary" not in n]
-    for t in tensors:
-        if t.data_ptr() in seen:
-            continue
-        seen.add(t.data_ptr())
-        total += t.numel() * t.element_size()
-    return total
 
 
 def hf_bytes_per_step(ref) -> int:

@@ -148,6 +148,17 @@ class Backbone(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters and weight buffers (quantized integers, scales), each tensor
+    counted once however often it is shared; rotary cos/sin tables are not weights."""
+    seen, total = set(), 0
+    for t in list(module.parameters()) + [b for n, b in module.named_buffers() if "rotary" not in n]:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
 class LlamaModel(nn.Module):
     """Token ids in, next-token logits out; optionally reading and extending a `KVCache`."""
 
@@ -209,13 +220,7 @@ class LlamaModel(nn.Module):
 
     def weight_bytes(self) -> int:
         """Bytes of every parameter and buffer that holds weights (tied tensors counted once)."""
-        seen, total = set(), 0
-        for t in list(self.parameters()) + [b for n, b in self.named_buffers() if not n.startswith("rotary")]:
-            if t.data_ptr() in seen:
-                continue
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
-        return total
+        return weight_bytes(self)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() yields a tied tensor once

@@ -82,15 +82,11 @@ class _TextTracker:
     def ready(self) -> str:
         """New text safe to show: not an incomplete UTF-8 character, not a possible stop-string start."""
         safe = len(self.text)
-        if self.text.endswith("\ufffd") and not self.stopped:
-            safe -= 1
         if not self.stopped:
-            for s in self.stop:
-                for k in range(min(len(s) - 1, safe), 0, -1):
-                    if self.text[:safe].endswith(s[:k]):
-                        safe = min(safe, len(self.text[:safe]) - k)
-                        break
-        chunk = self.text[self.emitted:safe] if safe > self.emitted else ""
+            safe -= self.text.endswith("\ufffd")
+            shown = self.text[:safe]
+            safe -= max((k for s in self.stop for k in range(1, len(s)) if shown.endswith(s[:k])), default=0)
+        chunk = self.text[self.emitted:safe]
         self.emitted = max(self.emitted, safe)
         return chunk
 
