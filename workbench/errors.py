@@ -34,3 +34,8 @@ class EmptyTextError(WorkbenchError):
 
 class InvalidParameterError(WorkbenchError, ValueError):
     """An argument is out of its accepted range (sampling settings, windows, sizes)."""
+
+
+class PruningError(InvalidParameterError):
+    """A pruning request that cannot be met: sparsity out of range, a bad N:M pattern, an unknown
+    method or layer, or a structured cut that would remove every head or channel of a layer."""

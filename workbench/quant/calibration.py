@@ -42,6 +42,7 @@ class ActivationStats:
     abs_mean  (in_features,) float32: mean |x| per input channel
     sample    (sample_tokens, in_features) float32: the input rows of a seeded random subset of tokens
     tokens    how many token positions the layer saw
+    rms       (in_features,) float32: sqrt(mean x^2) per input channel (Wanda's norm, up to sqrt(tokens))
     """
 
     name: str
@@ -49,6 +50,7 @@ class ActivationStats:
     abs_mean: torch.Tensor
     sample: torch.Tensor
     tokens: int
+    rms: torch.Tensor | None = None
 
     @property
     def in_features(self) -> int:
@@ -124,7 +126,7 @@ def collect_activations(model, tokenizer, text: str | None = None, *, max_tokens
 
     def make_hook(name, in_features):
         acc[name] = {"abs_max": torch.zeros(in_features), "abs_sum": torch.zeros(in_features, dtype=torch.float64),
-                     "rows": [], "tokens": 0}
+                     "sq_sum": torch.zeros(in_features, dtype=torch.float64), "rows": [], "tokens": 0}
 
         def hook(module, args):
             x = args[0].detach().reshape(-1, in_features).float().cpu()
@@ -132,6 +134,7 @@ def collect_activations(model, tokenizer, text: str | None = None, *, max_tokens
             ax = x.abs()
             torch.maximum(a["abs_max"], ax.amax(0), out=a["abs_max"])
             a["abs_sum"] += ax.sum(0, dtype=torch.float64)
+            a["sq_sum"] += ax.double().pow(2).sum(0)
             a["tokens"] += x.shape[0]
             lo, hi = state["start"], state["end"]
             local = sampled[(sampled >= lo) & (sampled < hi)] - lo
@@ -159,7 +162,7 @@ def collect_activations(model, tokenizer, text: str | None = None, *, max_tokens
         sample = torch.cat(a["rows"]) if a["rows"] else torch.zeros(0, in_features)
         tokens = max(a["tokens"], 1)
         out[name] = ActivationStats(name=name, abs_max=a["abs_max"], abs_mean=(a["abs_sum"] / tokens).float(),
-                                    sample=sample, tokens=a["tokens"])
+                                    sample=sample, tokens=a["tokens"], rms=(a["sq_sum"] / tokens).sqrt().float())
     return out
 
 
