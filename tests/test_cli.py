@@ -105,5 +105,9 @@ def test_export_gguf_and_directory(tmp_path):
     assert info["config"]["hidden_size"] == 64
     run("export", str(tmp_path / "hf"), "--model", "tiny-random")
     assert (tmp_path / "hf" / "model.safetensors").is_file()
-    p = run("export", str(tmp_path / "hf2"), "--model", "tiny-random", "--quant", "int8", ok=False)
-    assert p.returncode == 2 and ".gguf" in p.stderr
+    out = json.loads(run("export", str(tmp_path / "int8"), "--model", "tiny-random", "--quant", "int8",
+                         "--json").stdout)
+    assert out["type"] == "int8" and (tmp_path / "int8" / "quantization.json").is_file()
+    float_info = json.loads(run("info", "--model", str(tmp_path / "hf"), "--json").stdout)
+    int8_info = json.loads(run("info", "--model", str(tmp_path / "int8"), "--json").stdout)
+    assert int8_info["loaded_bytes"] < float_info["loaded_bytes"] / 3  # packed int8 layers came back

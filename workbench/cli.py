@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(b)
 
     p = sub.add_parser("export", help="write the (optionally --quant'ed) model as a GGUF file or a HF directory")
-    p.add_argument("output", help="a path ending in .gguf, or a directory (Hugging Face safetensors, float only)")
+    p.add_argument("output", help="a path ending in .gguf, or a directory (safetensors; with --quant the packed "
+                                  "layers, which `--model DIR` loads back)")
     p.add_argument("--type", default="Q8_0", type=str.upper, help="GGUF tensor type: F32, F16, Q8_0, Q4_0, Q4_1")
     _model_args(p)
 
@@ -227,23 +228,18 @@ def cmd_bench(args):
 def cmd_export(args):
     from pathlib import Path
 
-    from .errors import InvalidParameterError
-
     out = Path(args.output)
     model, tokenizer = _load(args)
     if out.suffix.lower() == ".gguf":
         from .checkpoints.gguf_export import export_gguf
 
         export_gguf(model, tokenizer, out, args.type, name=f"{args.model} ({args.quant or 'float'} -> {args.type})")
-    else:
-        if args.quant:
-            raise InvalidParameterError("a Hugging Face directory holds float weights; to keep a quantized model, "
-                                        "export a .gguf file with --type Q8_0, Q4_0 or Q4_1")
+    else:  # a --quant'ed model keeps its packed layers (workbench format; float: transformers reads it too)
         from .checkpoints import save_pretrained
 
         save_pretrained(model, out, tokenizer)
     result = {"output": str(out), "bytes": sum(f.stat().st_size for f in ([out] if out.is_file() else out.iterdir())),
-              "type": args.type if out.suffix.lower() == ".gguf" else str(model.dtype).removeprefix("torch.")}
+              "type": args.type if out.suffix.lower() == ".gguf" else args.quant or str(model.dtype).removeprefix("torch.")}
     _emit(args, result, f"wrote {result['output']} ({result['bytes'] / 1e6:.1f} MB, {result['type']})")
 
 

@@ -12,6 +12,7 @@ from ..model import LlamaModel, RotaryEmbedding
 from ..tokenizer import Tokenizer
 from .cache import cached_dir
 from .gguf_file import GGUFCheckpoint
+from ..io import atomic_write_json
 from .hf_dir import read_state_dict, write_model_dir
 from .registry import BUNDLED, DEFAULT_MODEL, bundled_path
 
@@ -45,7 +46,13 @@ def load_model(name_or_path: str | Path | ModelConfig = DEFAULT_MODEL, dtype: to
     path = resolve(name_or_path)
     if path.is_dir():
         config = ModelConfig.from_json_file(path / "config.json")
-        model = model_from_state(config, read_state_dict(path), dtype, device, source=str(path))
+        prepare = None
+        if (path / "quantization.json").is_file():
+            from ..quant.serialize import install_quantized_layers, read_manifest  # quant builds on us: lazy
+
+            manifest = read_manifest(path)
+            prepare = lambda model: install_quantized_layers(model, manifest, str(path))  # noqa: E731
+        model = model_from_state(config, read_state_dict(path), dtype, device, source=str(path), prepare=prepare)
         return model, Tokenizer.from_dir(path)
     if path.suffix.lower() != ".gguf":
         raise CheckpointError(f"{path}: unsupported file (accepted: a .gguf file or a Hugging Face model "
@@ -70,18 +77,39 @@ def _convert_gguf(path: Path, out_dir: Path):
 
 def save_pretrained(model: LlamaModel, path: str | Path, tokenizer: Tokenizer | None = None,
                     max_shard_bytes: int | None = None):
-    """Write a Hugging Face directory that `AutoModelForCausalLM.from_pretrained` and `load_model` read."""
-    write_model_dir(path, model.config, model.state_dict(), tokenizer, max_shard_bytes)
+    """Write a Hugging Face directory that `AutoModelForCausalLM.from_pretrained` and `load_model` read.
+
+    A quantized model keeps its packed integers: the directory also gets `quantization.json`, and
+    `load_model` rebuilds the same layers (transformers cannot read such a directory; see
+    `workbench.quant.serialize`).
+    """
+    from ..quant.serialize import HF_QUANTIZATION_CONFIG, MANIFEST, quantization_manifest  # lazy, as above
+
+    path = Path(path)
+    manifest = quantization_manifest(model)
+    extra = {"quantization_config": HF_QUANTIZATION_CONFIG} if manifest else None
+    write_model_dir(path, model.config, model.state_dict(), tokenizer, max_shard_bytes, extra_config=extra)
+    if manifest:
+        atomic_write_json(path / MANIFEST, manifest)
+    else:
+        (path / MANIFEST).unlink(missing_ok=True)  # a float model saved over a quantized one
 
 
 def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], dtype=torch.float32,
-                     device="cpu", source: str = "checkpoint") -> LlamaModel:
-    """Build a model around existing tensors (no random init), checking names and shapes."""
+                     device="cpu", source: str = "checkpoint", prepare=None) -> LlamaModel:
+    """Build a model around existing tensors (no random init), checking names and shapes.
+
+    `prepare(model)` may swap modules of the empty model first (quantized layers). Parameters take
+    `dtype`; buffers (packed integers, their scales) keep the dtype they were saved in.
+    """
     with torch.device("meta"):
         model = LlamaModel(config)
+    if prepare is not None:
+        prepare(model)
     expected = {k: v.shape for k, v in model.state_dict().items()}
+    float_params = {k for k, _ in model.named_parameters()}
     if config.tie_word_embeddings:
-        expected.pop("lm_head.weight")
+        expected.pop("lm_head.weight", None)
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
     state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
     missing = sorted(set(expected) - set(state))
@@ -94,9 +122,9 @@ def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], dtype=
         if tuple(state[k].shape) != tuple(shape):
             raise CheckpointError(f"{source}: tensor {k} has shape {tuple(state[k].shape)}, "
                                   f"the config implies {tuple(shape)}")
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()},
-                          strict=False, assign=True)
-    if config.tie_word_embeddings:
+    model.load_state_dict({k: v.to(device=device, dtype=dtype if k in float_params else v.dtype)
+                           for k, v in state.items()}, strict=False, assign=True)
+    if config.tie_word_embeddings and isinstance(model.lm_head, torch.nn.Linear):
         model.lm_head.weight = model.model.embed_tokens.weight
     model.rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta).to(device)
     return model.eval()

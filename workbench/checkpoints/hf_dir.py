@@ -58,8 +58,9 @@ def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def write_model_dir(path: str | Path, config: ModelConfig, state: dict[str, torch.Tensor], tokenizer=None,
-                    max_shard_bytes: int | None = None):
-    """Write config.json, safetensors weights (sharded above `max_shard_bytes`) and tokenizer files."""
+                    max_shard_bytes: int | None = None, extra_config: dict | None = None):
+    """Write config.json (plus `extra_config` keys), safetensors weights (sharded above
+    `max_shard_bytes`) and tokenizer files."""
     from safetensors.torch import save
 
     path = Path(path)
@@ -70,6 +71,7 @@ def write_model_dir(path: str | Path, config: ModelConfig, state: dict[str, torc
     dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
     hf_config = config.to_hf_dict()
     hf_config["torch_dtype"] = str(next(iter(dtypes))).removeprefix("torch.") if len(dtypes) == 1 else "float32"
+    hf_config.update(extra_config or {})
     shards = _split_shards(state, max_shard_bytes)
     meta = {"format": "pt"}
     if len(shards) == 1:

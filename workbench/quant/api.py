@@ -114,6 +114,7 @@ def quantize_(model, config, filter_fn=None, *, tokenizer=None, calibration_text
     With tied embeddings and a quantized head, the token embedding reads its rows from the same
     quantized matrix, so the largest tensor is stored once, quantized. Returns the model.
     """
+    spec = config if isinstance(config, str) else type(config).__name__
     if isinstance(config, str):
         config = config_from_spec(config)
     if any(isinstance(m, QuantizedLinear) for m in model.modules()):
@@ -132,4 +133,5 @@ def quantize_(model, config, filter_fn=None, *, tokenizer=None, calibration_text
             setattr(parent, name, layer.to(child.weight.device))
     if model.config.tie_word_embeddings and isinstance(model.lm_head, QuantizedLinear):
         model.model.embed_tokens = QuantizedEmbedding(model.lm_head)
+    model.quant_spec = spec  # recorded when the model is saved
     return model

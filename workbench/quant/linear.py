@@ -39,6 +39,15 @@ class QuantizedLinear(nn.Module):
     def weight_bytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
+    def layer_args(self) -> dict:
+        """Constructor arguments besides the weight: with the shapes, enough to rebuild the layer."""
+        return {}
+
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, **layer_args):
+        """A layer of the right shapes (quantized zeros) for a saved state to fill."""
+        return cls(torch.zeros(out_features, in_features), **layer_args)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}"
 
@@ -76,6 +85,9 @@ class Int4WeightOnlyLinear(QuantizedLinear):
         self.register_buffer("packed", q[:, 0::2] | (q[:, 1::2] << 4))
         self.register_buffer("scale", qp.scale.reshape(self.out_features, -1))
         self.register_buffer("zero_point", qp.zero_point.reshape(self.out_features, -1).to(torch.uint8))
+
+    def layer_args(self):
+        return {"group_size": self.group_size}
 
     def dequantize_rows(self, rows):
         packed = self.packed[rows]
@@ -118,6 +130,9 @@ class GGUFBlockLinear(QuantizedLinear):
         self.format = type_name.lower()
         self.type_name = type_name
         self.register_buffer("raw", blocks.quantize_raw(weight.float(), type_name))
+
+    def layer_args(self):
+        return {"type_name": self.type_name}
 
     def dequantize_rows(self, rows):
         raw = self.raw[rows]
