@@ -39,3 +39,12 @@ class InvalidParameterError(WorkbenchError, ValueError):
 class PruningError(InvalidParameterError):
     """A pruning request that cannot be met: sparsity out of range, a bad N:M pattern, an unknown
     method or layer, or a structured cut that would remove every head or channel of a layer."""
+
+
+class DistillationError(InvalidParameterError):
+    """A distillation request that cannot be met: a student spec the teacher cannot supply (more
+    layers than it has, a width needing a mapping), a bad loss or temperature, or too little data."""
+
+
+class ResumeError(CheckpointError):
+    """A training checkpoint that does not belong to this run (another student, loss or data)."""

@@ -5,6 +5,8 @@ code). Documents are taken in sorted key order and joined with blank lines. The 
 documents (by characters) is the *evaluation* part, the rest the *calibration* part; the split
 falls between documents, so the two never share text. The evaluation part begins like the whole
 corpus, so its first N tokens are the text the peer baselines in the README were scored on.
+The *train* part (for distillation) is every document outside the evaluation part: the same text
+as the calibration part, so training may see calibration text but never evaluation text.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from ..errors import EmptyTextError, InvalidParameterError
 
-PARTS = ("evaluation", "calibration", "all")
+PARTS = ("evaluation", "calibration", "train", "all")
 
 
 def _documents() -> list[str]:
@@ -23,7 +25,7 @@ def _documents() -> list[str]:
 
 
 def builtin_text(part: str = "evaluation") -> str:
-    """Text of one part of the built-in corpus: "evaluation", "calibration" or "all"."""
+    """Text of one part of the built-in corpus: "evaluation", "calibration", "train" or "all"."""
     if part not in PARTS:
         raise InvalidParameterError(f"unknown corpus part {part!r} (accepted: {', '.join(PARTS)})")
     docs = _documents()
