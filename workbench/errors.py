@@ -48,3 +48,8 @@ class DistillationError(InvalidParameterError):
 
 class ResumeError(CheckpointError):
     """A training checkpoint that does not belong to this run (another student, loss or data)."""
+
+
+class CapacityError(WorkbenchError):
+    """The KV cache cannot hold a request: a block pool too small for a single request's prompt
+    plus max_tokens, or no blocks at all."""

@@ -52,12 +52,35 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + _rotate_half(x) * sin
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Grouped-query attention of q (B, heads, T, hd) over k, v (B, kv_heads, S, hd) -> (B, T, heads*hd).
+
+    `mask` (B or 1, 1, T, S) says which keys each query sees; None means causal (T == S) or, for
+    a single query, every key.
+    """
+    B, n_heads, T, head_dim = q.shape
+    n_kv_heads = k.shape[1]
+    groups = n_heads // n_kv_heads
+    if T == 1:
+        # One new token per sequence: fold the query heads of each KV group into the query-length
+        # axis so K/V are read once, not repeated per query head (the mask broadcasts over heads).
+        out = F.scaled_dot_product_attention(q.view(B, n_kv_heads, groups, head_dim), k, v, attn_mask=mask)
+        return out.reshape(B, 1, n_heads * head_dim)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=groups > 1)
+    return out.transpose(1, 2).reshape(B, T, n_heads * head_dim)
+
+
 class KVCache:
     """Preallocated keys and values for every layer: written in place, never concatenated.
 
     `k[layer]` has shape (batch, kv_heads, max_len, head_dim). `valid` marks which positions hold a
     real token (left padding in a batch of unequal prompts leaves holes); `length` is how many
     positions are filled for every sequence.
+
+    Every cache (this one, the engine's paged and int8 caches) answers the calls `LlamaModel.forward`
+    makes: `prepare(input_ids)` -> positions of the new tokens, `attend(layer, q, k, v)` (store the
+    new keys/values, attend over everything cached), `advance()` once the layers ran, and
+    `last(x)` -> each sequence's last hidden state.
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype,
@@ -69,6 +92,7 @@ class KVCache:
         self.padded = False
         self.max_len = max_len
         self.length = 0
+        self._start, self._new, self._mask = 0, 0, None  # the forward pass in progress
 
     @property
     def nbytes(self) -> int:
@@ -78,6 +102,37 @@ class KVCache:
         self.length = 0
         self.valid.fill_(True)
         self.padded = False
+
+    def prepare(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Positions (B, T) of the new tokens; sets up the mask the layers share."""
+        T, start, device = input_ids.shape[1], self.length, input_ids.device
+        if start + T > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {start + T} needed")
+        mask = None
+        if self.padded:
+            valid = self.valid[:, :start + T]
+            positions = (valid.cumsum(-1) - 1).clamp(min=0)[:, start:]
+            causal = torch.ones(T, start + T, dtype=torch.bool, device=device).tril(start)
+            # A padding query would see no key at all (NaN); let every query see itself.
+            mask = ((causal & valid[:, None, :]) | causal.triu(start)).unsqueeze(1)
+        else:
+            positions = torch.arange(start, start + T, device=device).expand(input_ids.shape[0], T)
+            if T > 1 and start > 0:  # a chunk continuing a cache: causal with an offset
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=device).tril(start)
+        self._start, self._new, self._mask = start, T, mask
+        return positions
+
+    def attend(self, layer: int, q, k, v) -> torch.Tensor:
+        end = self._start + self._new
+        self.k[layer, :, :, self._start:end] = k
+        self.v[layer, :, :, self._start:end] = v
+        return attention(q, self.k[layer, :, :, :end], self.v[layer, :, :, :end], self._mask)
+
+    def advance(self):
+        self.length = self._start + self._new
+
+    def last(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, -1:]
 
 
 class Attention(nn.Module):
@@ -91,28 +146,14 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, config.kv_dim, bias=False)
         self.o_proj = nn.Linear(config.q_dim, config.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, layer_cache, start: int, mask):
-        """`layer_cache` is (k, v) for this layer, or None to attend within `x` only."""
+    def forward(self, x, cos, sin, cache=None, layer: int = 0, mask=None):
+        """Attend through `cache` (as layer `layer`), or within `x` only (causal, or `mask`) without one."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if layer_cache is not None:
-            k_cache, v_cache = layer_cache
-            k_cache[:, :, start:start + T] = k
-            v_cache[:, :, start:start + T] = v
-            k, v = k_cache[:, :, :start + T], v_cache[:, :, :start + T]
-        groups = self.n_heads // self.n_kv_heads
-        if T == 1 and mask is None:
-            # One new token sees every cached position: fold the query heads of each KV group
-            # into the query-length axis so K/V are read once, not repeated per query head.
-            out = F.scaled_dot_product_attention(q.view(B, self.n_kv_heads, groups, self.head_dim), k, v)
-            out = out.reshape(B, 1, self.n_heads * self.head_dim)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                                 enable_gqa=groups > 1)
-            out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        out = attention(q, k, v, mask) if cache is None else cache.attend(layer, q, k, v)
         return self.o_proj(out)
 
 
@@ -135,8 +176,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, layer_cache, start, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer_cache, start, mask)
+    def forward(self, x, cos, sin, cache=None, layer: int = 0, mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -184,38 +225,27 @@ class LlamaModel(nn.Module):
         max_len = max_len or self.config.max_position_embeddings
         return KVCache(self.config, batch_size, max_len, self.dtype, self.device)
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
-                last_only: bool = False) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cache=None, last_only: bool = False) -> torch.Tensor:
         """Logits for `input_ids` (B, T), continuing the sequences held in `cache`.
 
-        With a cache, positions start at `cache.length` (minus any left padding) and the cache
-        grows by T. `last_only` computes logits for the final position only, which is all that
-        generation needs (the output head is the largest matrix of a small model).
+        With a `KVCache`, positions start at `cache.length` (minus any left padding) and the cache
+        grows by T; other caches (see `KVCache`) lay the tokens out as they need. `last_only`
+        computes logits for each sequence's final position only, which is all that generation
+        needs (the output head is the largest matrix of a small model).
         """
         B, T = input_ids.shape
-        start = cache.length if cache is not None else 0
-        if cache is not None and start + T > cache.max_len:
-            raise ValueError(f"KV cache holds {cache.max_len} positions; {start + T} needed")
-        mask = None
-        if cache is not None and cache.padded:
-            valid = cache.valid[:, :start + T]
-            positions = (valid.cumsum(-1) - 1).clamp(min=0)[:, start:]
-            causal = torch.ones(T, start + T, dtype=torch.bool, device=input_ids.device).tril(start)
-            # A padding query would see no key at all (NaN); let every query see itself.
-            mask = ((causal & valid[:, None, :]) | causal.triu(start)).unsqueeze(1)
+        if cache is None:
+            positions = torch.arange(T, device=input_ids.device).expand(B, T)
         else:
-            positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
-            if T > 1 and start > 0:  # a chunk continuing a cache: causal with an offset
-                mask = torch.ones(T, start + T, dtype=torch.bool, device=input_ids.device).tril(start)
+            positions = cache.prepare(input_ids)
         cos, sin = self.rotary(positions, self.dtype)
         x = self.model.embed_tokens(input_ids).to(self.dtype)
         for i, layer in enumerate(self.model.layers):
-            layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
-            x = layer(x, cos, sin, layer_cache, start, mask)
+            x = layer(x, cos, sin, cache, i)
         if cache is not None:
-            cache.length = start + T
+            cache.advance()
         if last_only:
-            x = x[:, -1:]
+            x = x[:, -1:] if cache is None else cache.last(x)
         return self.lm_head(self.model.norm(x))
 
     def weight_bytes(self) -> int:
