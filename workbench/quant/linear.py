@@ -2,8 +2,9 @@
 
 Every class keeps its weight in its integer form (int8, two int4 per byte, or raw GGUF blocks),
 so model bytes in memory and on disk shrink. `forward` computes through PyTorch ops that exist
-today (dequantize, then `F.linear`; `torch._int_mm` for W8A8): correct, not yet fast. That is the
-kernel seam: a faster kernel replaces `forward` of one class and nothing else changes.
+today (dequantize, then `F.linear`; `torch._int_mm` for W8A8). That is the kernel seam: for a few
+rows of x (decoding), the int8, int4 and GGUF-block layers call our C++ kernels (`workbench.kernels`),
+which read the packed weight once and never materialise the float matrix.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..checkpoints import blocks
 from ..errors import InvalidParameterError
 from .math import calc_qparams, quantize
@@ -66,6 +68,10 @@ class Int8WeightOnlyLinear(QuantizedLinear):
     def dequantize_rows(self, rows):
         return self.qweight[rows].float() * self.scale[rows]
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # our kernel for a few rows of x, else dequantize
+        y = kernels.dense_linear(x, self.qweight, self.scale, max_rows=kernels.MAX_ROWS_QUANTIZED)
+        return super().forward(x) if y is None else y
+
 
 class Int4WeightOnlyLinear(QuantizedLinear):
     """4-bit weights, asymmetric per group of `group_size` inputs, packed two per byte:
@@ -95,6 +101,10 @@ class Int4WeightOnlyLinear(QuantizedLinear):
         groups = q.reshape(*q.shape[:-1], -1, self.group_size).float()
         zp, scale = self.zero_point[rows].float().unsqueeze(-1), self.scale[rows].unsqueeze(-1)
         return ((groups - zp) * scale).reshape(q.shape)[..., :self.in_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = kernels.int4_linear(x, self.packed, self.scale, self.zero_point, self.group_size)
+        return super().forward(x) if y is None else y
 
 
 class W8A8Linear(Int8WeightOnlyLinear):
@@ -138,6 +148,10 @@ class GGUFBlockLinear(QuantizedLinear):
         raw = self.raw[rows]
         out = blocks.BLOCK_DEQUANTIZERS[self.type_name](raw.reshape(-1, blocks.BLOCK_BYTES[self.type_name]))
         return out.reshape(*raw.shape[:-1], self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = kernels.gguf_linear(x, self.raw, self.type_name)
+        return super().forward(x) if y is None else y
 
 
 class QuantizedEmbedding(nn.Module):

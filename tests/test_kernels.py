@@ -1,0 +1,257 @@
+"""Our C++ decode kernels against the float64 product of the weights they store.
+
+Tolerance: |y - y_ref| <= 1e-5 * (|W| @ |x|) + 1e-6 elementwise, where W is the dequantized weight
+(for int4 and the GGUF 4-bit formats, |W| is replaced by |q| * scale plus the zero/minimum term, the
+magnitudes the kernel really sums). float32 accumulation of K products errs by about sqrt(K) * 6e-8
+of that sum, so the bound is loose enough for any summation order and tight enough to catch a wrong
+nibble, scale, group or row (each of which moves the result by percents).
+"""
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench import kernels, load_model
+from workbench.kernels import build
+from workbench.quant import quantize_
+from workbench.quant.linear import GGUFBlockLinear, Int4WeightOnlyLinear, Int8WeightOnlyLinear
+
+
+@pytest.fixture(scope="module")
+def ops():
+    reason = build._missing_tool()
+    if reason:
+        pytest.skip(f"cannot build the kernels here: {reason}")
+    module = build.load()
+    assert module is not None, build.status()
+    return module
+
+
+def bound(abs_w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return 1e-5 * (x.double().abs() @ abs_w.double().T) + 1e-6
+
+
+def check(y: torch.Tensor, w_hat: torch.Tensor, x: torch.Tensor, abs_w: torch.Tensor | None = None):
+    ref = x.double() @ w_hat.double().T
+    err = (y.double() - ref).abs()
+    assert y.shape == ref.shape
+    assert (err <= bound(w_hat.abs() if abs_w is None else abs_w, x)).all(), err.max().item()
+
+
+def int4_magnitudes(layer: Int4WeightOnlyLinear) -> torch.Tensor:
+    """|q| * scale + zero * scale per weight: what the kernel's two sums add up."""
+    packed = layer.packed
+    q = torch.stack([packed & 15, packed >> 4], -1).reshape(packed.shape[0], -1).float()
+    g = layer.group_size
+    s = layer.scale.repeat_interleave(g, 1)
+    z = layer.zero_point.float().repeat_interleave(g, 1)
+    return ((q + z) * s)[:, :layer.in_features]
+
+
+def gguf_magnitudes(layer: GGUFBlockLinear) -> torch.Tensor:
+    if layer.type_name == "Q8_0":
+        return layer.dequantized_weight().abs()
+    raw = layer.raw.reshape(-1, 18 if layer.type_name == "Q4_0" else 20)
+    d = raw[:, :2].contiguous().view(torch.float16).float().abs()
+    extra = 8 * d if layer.type_name == "Q4_0" else raw[:, 2:4].contiguous().view(torch.float16).float().abs()
+    return (15 * d + extra).repeat_interleave(32, 1).reshape(layer.out_features, -1)
+
+
+# Odd rows and inputs (100 and 1100 are no multiples of 8, 16 or 32); 203x1100 is large enough for
+# the rows to be split over threads in every format.
+SHAPES = [(37, 100), (13, 1536), (203, 1100)]
+
+
+@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def each_backend(ops):
+    """Run the body once per instruction set this CPU supports (AVX-512, AVX2, scalar)."""
+    before = ops.backend()
+
+    def run(body):
+        for name in ops.supported_backends():
+            ops.set_backend(name)
+            body(name)
+        ops.set_backend(before)
+    yield run
+    ops.set_backend(before)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@torch.inference_mode()
+def test_dense_formats_match_float64(ops, each_backend, threads, shape):
+    gen = torch.Generator().manual_seed(shape[0])
+    w = torch.randn(*shape, generator=gen)
+    int8 = Int8WeightOnlyLinear(w)
+
+    def body(_):
+        for rows in (1, 3, 5):  # 5 rows: one pass of 4 and one of 1
+            x = torch.randn(rows, shape[1], generator=gen)
+            check(ops.dense(x, w), w, x)
+            check(ops.dense(x, w.bfloat16()), w.bfloat16().float(), x)
+            check(ops.dense(x, int8.qweight, int8.scale), int8.dequantized_weight(), x)
+    each_backend(body)
+
+
+@pytest.mark.parametrize("group_size", [32, 128, 50])  # 50: groups that are no multiple of 32
+@pytest.mark.parametrize("shape", SHAPES[::2], ids=lambda s: f"{s[0]}x{s[1]}")
+@torch.inference_mode()
+def test_int4_matches_float64(ops, each_backend, threads, shape, group_size):
+    gen = torch.Generator().manual_seed(group_size)
+    layer = Int4WeightOnlyLinear(torch.randn(*shape, generator=gen), group_size)  # ragged last groups too
+
+    def body(_):
+        for rows in (1, 2, 4):
+            x = torch.randn(rows, shape[1], generator=gen)
+            y = ops.int4(x, layer.packed, layer.scale, layer.zero_point, group_size, shape[1])
+            check(y, layer.dequantized_weight(), x, int4_magnitudes(layer))
+    each_backend(body)
+
+
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_0", "Q4_1"])
+@torch.inference_mode()
+def test_gguf_blocks_match_float64(ops, each_backend, threads, type_name):
+    gen = torch.Generator().manual_seed(1)
+    layer = GGUFBlockLinear(torch.randn(203, 1088, generator=gen), type_name)
+
+    def body(_):
+        for rows in (1, 3):
+            x = torch.randn(rows, 1088, generator=gen)
+            check(ops.gguf(x, layer.raw, kernels.GGUF_TYPES[type_name], 1088), layer.dequantized_weight(), x,
+                  gguf_magnitudes(layer))
+    each_backend(body)
+
+
+@torch.inference_mode()
+def test_real_weights(ops, model_and_tokenizer, threads):
+    """The bundled model's own matrices (a projection, the down projection, the output head)."""
+    model = model_and_tokenizer[0]
+    layer = model.model.layers[3]
+    x = torch.randn(2, 1536, generator=torch.Generator().manual_seed(0))
+    for w in (layer.self_attn.q_proj.weight, layer.mlp.down_proj.weight, model.lm_head.weight):
+        xs = x[:, :w.shape[1]].contiguous()
+        check(ops.dense(xs, w), w, xs)
+    w = layer.mlp.down_proj.weight
+    for make, mags in ((lambda: Int8WeightOnlyLinear(w), lambda m: m.dequantized_weight().abs()),
+                       (lambda: Int4WeightOnlyLinear(w, 32), int4_magnitudes),
+                       (lambda: Int4WeightOnlyLinear(w, 128), int4_magnitudes),
+                       (lambda: GGUFBlockLinear(w, "Q4_1"), gguf_magnitudes),
+                       (lambda: GGUFBlockLinear(w, "Q8_0"), gguf_magnitudes)):
+        q = make()
+        check(q(x), q.dequantized_weight(), x, mags(q))  # through the layer's forward (the kernel route)
+
+
+@torch.inference_mode()
+def test_layers_route_small_batches_to_kernels_and_large_ones_to_pytorch(ops):
+    w = torch.randn(64, 96, generator=torch.Generator().manual_seed(2))
+    for layer in (Int8WeightOnlyLinear(w), Int4WeightOnlyLinear(w, 32), GGUFBlockLinear(w, "Q4_0")):
+        small, large = torch.randn(1, 1, 96), torch.randn(2, kernels.MAX_ROWS_QUANTIZED, 96)
+        with kernels.disabled():
+            small_ref, large_ref = layer(small), layer(large)
+        assert torch.equal(layer(large), large_ref)  # above the row limit: the PyTorch path, bit for bit
+        out = layer(small)
+        assert out.shape == small_ref.shape and not torch.equal(out, small_ref)  # another summation order
+        check(out.reshape(1, -1), layer.dequantized_weight(), small.reshape(1, -1),
+              int4_magnitudes(layer) if isinstance(layer, Int4WeightOnlyLinear) else
+              gguf_magnitudes(layer) if isinstance(layer, GGUFBlockLinear) else None)
+
+
+def test_kernels_do_not_take_autograd_or_unsupported_dtypes(ops):
+    w = torch.randn(8, 32, requires_grad=True)
+    x = torch.randn(1, 32)
+    assert kernels.dense_linear(x, w) is None  # grad mode and a weight that wants gradients
+    with torch.no_grad():
+        assert kernels.dense_linear(x, w) is not None
+        assert kernels.dense_linear(x, w.half()) is None  # float16 weights: PyTorch's path
+        assert kernels.dense_linear(torch.randn(kernels.MAX_ROWS + 1, 32), w) is None
+
+
+def test_bad_arguments_raise_not_compute(ops):
+    with pytest.raises(RuntimeError, match="not supported"):
+        ops.set_backend("avx1024")
+    with pytest.raises(RuntimeError, match="x must be"):
+        ops.dense(torch.randn(1, 31), torch.randn(8, 32))
+    layer = Int4WeightOnlyLinear(torch.randn(8, 64), 32)
+    with pytest.raises(RuntimeError, match="group size"):
+        ops.int4(torch.randn(1, 64), layer.packed, layer.scale, layer.zero_point, 48, 64)
+
+
+@torch.inference_mode()
+def test_enable_swaps_float_linears_and_keeps_the_model(ops):
+    model, _ = load_model("tiny-random")
+    plain = copy.deepcopy(model)
+    kernels.enable(model)
+    swapped = [m for m in model.modules() if isinstance(m, kernels.KernelLinear)]
+    assert len(swapped) == sum(type(m) is nn.Linear for m in plain.modules())
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied weights stay tied
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    ids = torch.randint(0, 1000, (1, 6))
+    cache_a, cache_b = model.new_cache(1, 16), plain.new_cache(1, 16)
+    for t in range(6):  # one token at a time: the kernel path
+        a, b = model(ids[:, t:t + 1], cache_a), plain(ids[:, t:t + 1], cache_b)
+        assert (a - b).abs().max() <= 1e-4
+    assert torch.equal(model(ids), plain(ids))  # 6 rows of x: PyTorch's GEMM, bit for bit
+    kernels.disable(model)
+    assert not any(isinstance(m, kernels.KernelLinear) for m in model.modules())
+
+
+@torch.inference_mode()
+def test_bfloat16_model_through_the_kernel_rounds_like_pytorch(ops):
+    model, _ = load_model("tiny-random", dtype=torch.bfloat16)
+    lin = model.model.layers[0].mlp.down_proj
+    x = torch.randn(1, lin.in_features).bfloat16()
+    y = kernels.dense_linear(x, lin.weight)
+    assert y.dtype == torch.bfloat16
+    # both accumulate in float32 and round once to bfloat16: at most one bfloat16 step apart
+    assert ((y.float() - F.linear(x, lin.weight).float()).abs() <= 2 ** -7 * y.float().abs() + 1e-6).all()
+
+
+def test_quantized_model_after_enable(ops):
+    model, tok = load_model("tiny-random")
+    kernels.enable(model)
+    quantize_(model, "int8")  # KernelLinear is an nn.Linear: quantize_ replaces it as usual
+    assert not any(isinstance(m, kernels.KernelLinear) for m in model.modules())
+
+
+def test_no_compiler_means_a_warning_and_the_pytorch_path(monkeypatch, tmp_path):
+    monkeypatch.setattr(build, "_state", {})
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.warns(build.KernelsUnavailableWarning, match="no C.. compiler"):
+        assert build.load() is None
+    layer = Int8WeightOnlyLinear(torch.randn(8, 32))
+    x = torch.randn(1, 32)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, not at every call
+        assert torch.allclose(layer(x), x @ layer.dequantized_weight().T)
+    assert kernels.status()["available"] is False and "compiler" in kernels.status()["reason"]
+
+
+def test_a_failed_build_falls_back(monkeypatch, tmp_path):
+    if build._missing_tool():
+        pytest.skip("no compiler")
+    csrc = tmp_path / "csrc"
+    csrc.mkdir()
+    for name in build.SOURCES:
+        (csrc / name).write_text("#error deliberately broken\n")
+    monkeypatch.setattr(build, "CSRC", csrc)
+    monkeypatch.setattr(build, "_state", {})
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    with pytest.warns(build.KernelsUnavailableWarning, match="failed"):
+        assert build.load() is None
+
+
+def test_switched_off_by_environment(monkeypatch):
+    monkeypatch.setattr(build, "_state", {})
+    monkeypatch.setenv("WORKBENCH_KERNELS", "0")
+    assert build.load() is None and "WORKBENCH_KERNELS" in build.status()["reason"]

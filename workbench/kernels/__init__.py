@@ -1,0 +1,148 @@
+"""Our own CPU matrix-vector kernels for decoding: float32, bfloat16, int8, int4 and GGUF blocks.
+
+Decoding one token multiplies every weight matrix by a single activation row, so its speed is the
+speed of reading the weights. These kernels (C++ in `csrc/`, OpenMP over output rows, AVX-512 or
+AVX2 chosen at run time, a scalar fallback) stream each weight once in its stored form and convert
+it to float32 in registers; activations and accumulation stay float32 (weight-only quantization).
+
+Where they apply (all on CPU, inference only, a few rows of x):
+
+* float32/bfloat16 `nn.Linear`: after `enable(model)` (or `load_model(..., kernels=True)`), which
+  swaps each bias-free float `nn.Linear` for a `KernelLinear` sharing the same weight tensor;
+* the packed layers of `workbench.quant` (int8, int4, Q8_0/Q4_0/Q4_1) use them on their own.
+
+Anything else (more rows, autograd, another device or dtype, kernels unavailable or switched off
+with `set_enabled(False)` / `WORKBENCH_KERNELS=0`) takes the PyTorch path, which computes the same
+product. The first use compiles the extension (see `build.py`); without a compiler you get one
+warning and the PyTorch path, never an error.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import build
+
+MAX_ROWS = 4  # rows of x up to which float weights use the kernel; above, PyTorch's GEMM wins
+MAX_ROWS_QUANTIZED = 16  # packed weights: the kernel reads them once per 4 rows, still far ahead of dequantizing
+GGUF_TYPES = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2}
+
+_enabled = True
+
+
+def set_enabled(flag: bool):
+    """Switch every kernel route on or off for this process (off: PyTorch's operators everywhere)."""
+    global _enabled
+    _enabled = bool(flag)
+
+
+@contextmanager
+def disabled():
+    """`with kernels.disabled():` runs the PyTorch path, e.g. to compare speeds or results."""
+    global _enabled
+    before, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+def available() -> bool:
+    """True when the kernels are switched on and built (building them now if needed)."""
+    return _enabled and build.load() is not None
+
+
+def status() -> dict:
+    return {"enabled": _enabled, **build.status()}
+
+
+def _ops(x: torch.Tensor, *tensors: torch.Tensor, max_rows: int):
+    """The extension if it should run for input x, else None."""
+    if not _enabled or x.device.type != "cpu" or x.numel() > max_rows * x.shape[-1] or x.numel() == 0:
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in tensors)):
+        return None
+    return build.load()
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1]).contiguous()
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
+                 max_rows: int = MAX_ROWS) -> torch.Tensor | None:
+    """x @ weight.T (times a per-row `scale` for int8 weights) through the kernel, or None when it does not apply."""
+    ops = _ops(x, weight, max_rows=max_rows)
+    if ops is None or weight.dtype not in (torch.float32, torch.bfloat16, torch.int8) or not weight.is_contiguous():
+        return None
+    return ops.dense(_flat(x), weight, scale).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def int4_linear(x: torch.Tensor, packed, scale, zero_point, group_size: int) -> torch.Tensor | None:
+    """`Int4WeightOnlyLinear`'s product through the kernel, or None when it does not apply."""
+    ops = _ops(x, max_rows=MAX_ROWS_QUANTIZED)
+    if ops is None or not packed.is_contiguous():
+        return None
+    return ops.int4(_flat(x), packed, scale, zero_point, group_size, x.shape[-1]).reshape(*x.shape[:-1], -1)
+
+
+def gguf_linear(x: torch.Tensor, raw: torch.Tensor, type_name: str) -> torch.Tensor | None:
+    """`GGUFBlockLinear`'s product through the kernel, or None when it does not apply."""
+    ops = _ops(x, max_rows=MAX_ROWS_QUANTIZED)
+    if ops is None or type_name not in GGUF_TYPES or not raw.is_contiguous():
+        return None
+    return ops.gguf(_flat(x), raw, GGUF_TYPES[type_name], x.shape[-1]).reshape(*x.shape[:-1], -1)
+
+
+class KernelLinear(nn.Linear):
+    """A bias-free float32/bfloat16 `nn.Linear` whose small-batch products run on our kernel.
+
+    Same parameter (shared, not copied: tied weights stay tied), same state-dict names; a subclass
+    of `nn.Linear`, so `quantize_` and calibration hooks treat it like any linear layer.
+    """
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> KernelLinear:
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.in_features, layer.out_features = linear.in_features, linear.out_features
+        layer.weight = linear.weight
+        layer.register_parameter("bias", None)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = dense_linear(x, self.weight)
+        return F.linear(x, self.weight) if y is None else y
+
+
+def enable(model: nn.Module) -> nn.Module:
+    """Swap every bias-free float32/bfloat16 `nn.Linear` of `model` for a `KernelLinear`, in place.
+
+    Packed quantized layers need no swap (they call the kernels themselves). Returns the model.
+    Building the kernels happens here, once, so that the first token is not the one that waits.
+    """
+    build.load()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if (type(child) is nn.Linear and child.bias is None
+                    and child.weight.dtype in (torch.float32, torch.bfloat16)):
+                setattr(parent, name, KernelLinear.from_linear(child))
+    return model
+
+
+def disable(model: nn.Module) -> nn.Module:
+    """Undo `enable`: every `KernelLinear` back to a plain `nn.Linear` (same weight tensor)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, KernelLinear):
+                plain = nn.Linear.__new__(nn.Linear)
+                nn.Module.__init__(plain)
+                plain.in_features, plain.out_features = child.in_features, child.out_features
+                plain.weight = child.weight
+                plain.register_parameter("bias", None)
+                setattr(parent, name, plain)
+    return model

@@ -1,0 +1,228 @@
+// Python bindings of the decode matrix-vector kernels (matvec_body.h) and the run-time choice of
+// instruction set. Built on first use by workbench/kernels/build.py with torch.utils.cpp_extension.
+#include <omp.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "vec.h"
+
+namespace scalar {
+using V = VecScalar;
+#include "matvec_body.h"
+}  // namespace scalar
+
+#ifdef WB_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace avx2 {
+using V = VecAVX2;
+#include "matvec_body.h"
+}  // namespace avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+namespace avx512 {
+using V = VecAVX512;
+#include "matvec_body.h"
+}  // namespace avx512
+#pragma GCC pop_options
+#endif
+
+enum Backend { SCALAR = 0, AVX2 = 1, AVX512 = 2 };
+static const char* BACKEND_NAMES[] = {"scalar", "avx2", "avx512"};
+
+static std::vector<std::string> supported_backends() {
+  std::vector<std::string> out = {"scalar"};
+#ifdef WB_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.push_back("avx2");
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq"))
+    out.push_back("avx512");
+#endif
+  return out;
+}
+
+static int best_backend() {
+  const std::string best = supported_backends().back();
+  for (int b = 0; b < 3; ++b)
+    if (best == BACKEND_NAMES[b]) return b;
+  return SCALAR;
+}
+
+static int g_backend = best_backend();
+
+static std::string get_backend() { return BACKEND_NAMES[g_backend]; }
+
+static void set_backend(const std::string& name) {
+  const auto ok = supported_backends();
+  TORCH_CHECK(std::find(ok.begin(), ok.end(), name) != ok.end(), "backend '", name,
+              "' is not supported on this CPU (supported: ", c10::Join(", ", ok), ")");
+  for (int b = 0; b < 3; ++b)
+    if (name == BACKEND_NAMES[b]) g_backend = b;
+}
+
+// Split output rows over OpenMP threads (torch's own runtime: torch.set_num_threads applies), in
+// contiguous ranges so each thread streams its own part of the weight. Small problems stay serial.
+template <class Fn>
+static void parallel_rows(int64_t N, int64_t bytes_per_row, Fn fn) {
+  const int threads = omp_get_max_threads();
+  const bool parallel = threads > 1 && N * bytes_per_row >= (64 << 10) && !omp_in_parallel();
+  if (!parallel) return fn(0, N);
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    const int64_t per = ((N + T - 1) / T + 3) / 4 * 4;  // a multiple of 4 keeps row tiles whole
+    const int64_t n0 = std::min<int64_t>(N, t * per), n1 = std::min<int64_t>(N, n0 + per);
+    if (n0 < n1) fn(n0, n1);
+  }
+}
+
+#define WB_BACKEND_CALL(FN, ...)                      \
+  switch (g_backend) {                                \
+    case AVX512: avx512::FN(__VA_ARGS__); break;      \
+    case AVX2: avx2::FN(__VA_ARGS__); break;          \
+    default: scalar::FN(__VA_ARGS__); break;          \
+  }
+#ifndef WB_X86
+#undef WB_BACKEND_CALL
+#define WB_BACKEND_CALL(FN, ...) scalar::FN(__VA_ARGS__);
+#endif
+
+static void check_x(const at::Tensor& x, int64_t K) {
+  TORCH_CHECK(x.device().is_cpu(), "CPU kernels need CPU tensors");
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == K, "x must be (rows, ", K, "), got ", x.sizes());
+}
+
+// x (M, K) float32/bfloat16/float16 -> float32 contiguous; the result goes back to x's dtype.
+static at::Tensor as_float(const at::Tensor& x) { return x.to(at::kFloat).contiguous(); }
+
+static at::Tensor finish(const at::Tensor& y, const at::Tensor& x) {
+  return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
+}
+
+// y = x @ w.T (times scale[n] per row for int8). w: (N, K) float32, bfloat16 or int8.
+static at::Tensor dense(const at::Tensor& x_, const at::Tensor& w, const c10::optional<at::Tensor>& scale_) {
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "weight must be a contiguous (out, in) matrix");
+  const int64_t N = w.size(0), K = w.size(1);
+  check_x(x_, K);
+  const at::Tensor x = as_float(x_);
+  const int64_t rows = x.size(0);
+  at::Tensor y = at::empty({rows, N}, x.options());
+  const float* scale = nullptr;
+  at::Tensor scale_t;
+  if (w.scalar_type() == at::kChar) {
+    TORCH_CHECK(scale_.has_value(), "int8 weights need a per-row scale");
+    scale_t = scale_->to(at::kFloat).contiguous();
+    TORCH_CHECK(scale_t.numel() == N, "int8 scale must hold one float per output row");
+    scale = scale_t.data_ptr<float>();
+  } else {
+    TORCH_CHECK(w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16,
+                "dense kernel weights: float32, bfloat16 or int8, got ", w.scalar_type());
+  }
+  const int64_t esize = w.element_size();
+  for (int64_t m0 = 0; m0 < rows; m0 += 4) {  // up to 4 rows of x per pass over the weight
+    const int M = (int)std::min<int64_t>(4, rows - m0);
+    const float* xp = x.data_ptr<float>() + m0 * K;
+    float* yp = y.data_ptr<float>() + m0 * N;
+    parallel_rows(N, K * esize, [&](int64_t n0, int64_t n1) {
+      switch (w.scalar_type()) {
+        case at::kFloat: WB_BACKEND_CALL(dense<float>, w.data_ptr<float>(), scale, xp, yp, M, N, K, n0, n1); break;
+        case at::kBFloat16:
+          WB_BACKEND_CALL(dense<uint16_t>, (const uint16_t*)w.data_ptr(), scale, xp, yp, M, N, K, n0, n1);
+          break;
+        default: WB_BACKEND_CALL(dense<int8_t>, w.data_ptr<int8_t>(), scale, xp, yp, M, N, K, n0, n1); break;
+      }
+    });
+  }
+  return finish(y, x_);
+}
+
+// Int4WeightOnlyLinear: packed (N, Kp/2) uint8, scale (N, Kp/G) float32, zero (N, Kp/G) uint8.
+static at::Tensor int4(const at::Tensor& x_, const at::Tensor& packed, const at::Tensor& scale_,
+                       const at::Tensor& zero_, int64_t G, int64_t K) {
+  const at::Tensor scale = scale_.contiguous(), zero = zero_.contiguous();
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 2 && packed.is_contiguous(),
+              "packed int4 weights must be a contiguous uint8 matrix");
+  const int64_t N = packed.size(0), Kp = packed.size(1) * 2;
+  TORCH_CHECK(G >= 2 && G % 2 == 0 && Kp % G == 0 && K <= Kp && Kp - K < G, "int4 group size ", G,
+              " does not fit packed rows of ", Kp, " inputs for ", K, " features");
+  const int64_t groups = Kp / G;
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.numel() == N * groups,
+              "int4 scale must be a float32 (out, groups) matrix");
+  TORCH_CHECK(zero.scalar_type() == at::kByte && zero.numel() == N * groups,
+              "int4 zero point must be a uint8 (out, groups) matrix");
+  check_x(x_, K);
+  const at::Tensor x = as_float(x_);
+  const int64_t rows = x.size(0);
+  // xr: x padded to Kp, each full 32-input chunk of a group reordered (even inputs, then odd);
+  // xs: x summed per group.
+  at::Tensor xr = at::zeros({rows, Kp}, x.options()), xs = at::empty({rows, groups}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* xrp = xr.data_ptr<float>();
+  float* xsp = xs.data_ptr<float>();
+  for (int64_t m = 0; m < rows; ++m) {
+    for (int64_t g = 0; g < groups; ++g) {
+      float s = 0.0f;
+      for (int64_t j = 0; j < G; ++j) {
+        const int64_t k = g * G + j;
+        const float v = k < K ? xp[m * K + k] : 0.0f;
+        s += v;
+        const int64_t chunk = j / 32 * 32, i = j - chunk;
+        const bool reordered = chunk + 32 <= G;
+        const int64_t dst = reordered ? chunk + (i % 2) * 16 + i / 2 : j;
+        xrp[m * Kp + g * G + dst] = v;
+      }
+      xsp[m * groups + g] = s;
+    }
+  }
+  at::Tensor y = at::empty({rows, N}, x.options());
+  for (int64_t m0 = 0; m0 < rows; m0 += 4) {
+    const int M = (int)std::min<int64_t>(4, rows - m0);
+    parallel_rows(N, Kp / 2, [&](int64_t n0, int64_t n1) {
+      WB_BACKEND_CALL(int4, packed.data_ptr<uint8_t>(), scale.data_ptr<float>(), zero.data_ptr<uint8_t>(),
+                      xrp + m0 * Kp, xsp + m0 * groups, y.data_ptr<float>() + m0 * N, M, N, Kp, G, n0, n1);
+    });
+  }
+  return finish(y, x_);
+}
+
+// GGUFBlockLinear: raw (N, K/32 * block bytes) uint8; type 0 = Q8_0, 1 = Q4_0, 2 = Q4_1.
+static at::Tensor gguf(const at::Tensor& x_, const at::Tensor& raw, int64_t type, int64_t K) {
+  TORCH_CHECK(type >= 0 && type <= 2, "GGUF block type id must be 0 (Q8_0), 1 (Q4_0) or 2 (Q4_1)");
+  const int64_t block_bytes = type == 0 ? 34 : (type == 1 ? 18 : 20);
+  TORCH_CHECK(raw.scalar_type() == at::kByte && raw.dim() == 2 && raw.is_contiguous(),
+              "raw GGUF blocks must be a contiguous uint8 matrix");
+  TORCH_CHECK(K % 32 == 0 && raw.size(1) == K / 32 * block_bytes, "raw GGUF rows of ", raw.size(1),
+              " bytes do not hold ", K, " weights");
+  check_x(x_, K);
+  const at::Tensor x = as_float(x_);
+  const int64_t rows = x.size(0), N = raw.size(0), blocks = K / 32;
+  at::Tensor xs = x.reshape({rows, blocks, 32}).sum(-1).contiguous();  // x summed per block
+  at::Tensor y = at::empty({rows, N}, x.options());
+  for (int64_t m0 = 0; m0 < rows; m0 += 4) {
+    const int M = (int)std::min<int64_t>(4, rows - m0);
+    parallel_rows(N, raw.size(1), [&](int64_t n0, int64_t n1) {
+      WB_BACKEND_CALL(gguf, (int)type, raw.data_ptr<uint8_t>(), x.data_ptr<float>() + m0 * K,
+                      xs.data_ptr<float>() + m0 * blocks, y.data_ptr<float>() + m0 * N, M, N, K, n0, n1);
+    });
+  }
+  return finish(y, x_);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "workbench decode matrix-vector kernels (float32, bfloat16, int8, int4, GGUF blocks)";
+  m.def("dense", &dense, "y = x @ w.T for float32/bfloat16 w, or int8 w times a per-row scale",
+        py::arg("x"), py::arg("w"), py::arg("scale") = py::none());
+  m.def("int4", &int4, "Int4WeightOnlyLinear's product", py::arg("x"), py::arg("packed"), py::arg("scale"),
+        py::arg("zero"), py::arg("group_size"), py::arg("in_features"));
+  m.def("gguf", &gguf, "GGUFBlockLinear's product", py::arg("x"), py::arg("raw"), py::arg("type"),
+        py::arg("in_features"));
+  m.def("backend", &get_backend, "the instruction set in use");
+  m.def("set_backend", &set_backend, "use another supported instruction set (tests)");
+  m.def("supported_backends", &supported_backends, "instruction sets this CPU runs");
+}
