@@ -31,14 +31,20 @@ def resolve(name_or_path: str | Path) -> Path:
 
 
 def load_model(name_or_path: str | Path | ModelConfig = DEFAULT_MODEL, dtype: torch.dtype | str = torch.float32,
-               device: str | torch.device = "cpu", *, use_cache: bool = True, seed: int = 0):
+               device: str | torch.device = "cpu", *, use_cache: bool = True, seed: int = 0, kernels: bool = False):
     """Our `LlamaModel` (eval mode) and its `Tokenizer`.
 
     `name_or_path`: a bundled name ("smollm2-135m"), a `.gguf` file, a Hugging Face directory
     (config.json + safetensors, sharded or not), "tiny-random" or a `ModelConfig` (random weights,
     seeded, with the bundled tokenizer: for fast tests). GGUF weights are dequantized to float32
     once and cached as safetensors (see `cache.py`); `use_cache=False` always re-parses.
+    `kernels=True` runs decode-sized float32/bfloat16 products on our CPU kernels (`workbench.kernels.enable`).
     """
+    if kernels:
+        from .. import kernels as cpu_kernels
+
+        model, tokenizer = load_model(name_or_path, dtype, device, use_cache=use_cache, seed=seed)
+        return cpu_kernels.enable(model), tokenizer
     dtype = _as_dtype(dtype)
     if isinstance(name_or_path, ModelConfig) or name_or_path == TINY_RANDOM:
         config = name_or_path if isinstance(name_or_path, ModelConfig) else ModelConfig.tiny()
