@@ -71,6 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=1)
     b.add_argument("--output", default=None, help="also write the JSON result to this file (atomically)")
     _model_args(b)
+    b = bench.add_parser("kv", help="generation with no KV cache, contiguous, paged and paged-int8: tok/s, KV bytes")
+    b.add_argument("--new-tokens", type=int, default=256)
+    b.add_argument("--prompt-tokens", type=int, default=128)
+    b.add_argument("--repeats", type=int, default=1)
+    b.add_argument("--block-size", type=int, default=16)
+    _model_args(b)
+    b = bench.add_parser("batching", help="a seeded Poisson workload under one batching policy: throughput, TTFT")
+    b.add_argument("--policy", default="continuous", help="sequential | static | dynamic | continuous")
+    b.add_argument("--requests", type=int, default=32)
+    b.add_argument("--rate", type=float, default=4.0, help="arrivals per second (Poisson)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--min-output", type=int, default=16)
+    b.add_argument("--max-output", type=int, default=256)
+    b.add_argument("--batch-size", type=int, default=16, help="static/dynamic batch size; continuous: max sequences")
+    b.add_argument("--chunked-prefill", action="store_true")
+    _model_args(b)
 
     p = sub.add_parser("export", help="write the (optionally --quant'ed) model as a GGUF file or a HF directory")
     p.add_argument("output", help="a path ending in .gguf, or a directory (safetensors; with --quant the packed "
@@ -205,6 +221,8 @@ def cmd_bench(args):
     from .bench import bench_decode
     from .io import atomic_write_json
 
+    if args.bench != "decode":
+        return {"kv": cmd_bench_kv, "batching": cmd_bench_batching}[args.bench](args)
     for name in ("batch", "prompt_tokens", "repeats"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
     _positive("--new-tokens", args.new_tokens, 2)
@@ -223,6 +241,50 @@ def cmd_bench(args):
     _emit(args, result, f"batch {result['batch']} {result['dtype']}: prefill {result['prefill_tok_s']:.1f} tok/s, "
                         f"decode {result['decode_tok_s']:.1f} tok/s, {result['gb_s']:.1f} GB/s, "
                         f"weights {result['model_bytes'] / 1e6:.1f} MB, peak RSS {result['peak_rss_mb']:.0f} MB")
+
+
+def cmd_bench_kv(args):
+    from .bench.kv import bench_kv
+
+    _positive("--new-tokens", args.new_tokens)
+    _positive("--prompt-tokens", args.prompt_tokens)
+    _positive("--repeats", args.repeats)
+    _positive("--block-size", args.block_size)
+    model, tokenizer = _load(args)
+    if args.prompt_tokens + args.new_tokens > model.config.max_position_embeddings:
+        from .errors import ContextLengthError
+
+        raise ContextLengthError(f"--prompt-tokens + --new-tokens = {args.prompt_tokens + args.new_tokens} exceeds "
+                                 f"the context window of {model.config.max_position_embeddings}")
+    result = bench_kv(model, tokenizer, new_tokens=args.new_tokens, prompt_tokens=args.prompt_tokens,
+                      repeats=args.repeats, block_size=args.block_size)
+    result.update(model=args.model, quant=args.quant)
+    _emit(args, result, "\n".join(f"{mode:>11}: {r['tok_s']:7.1f} tok/s, KV {r['kv_bytes'] / 1e6:7.2f} MB"
+                                  for mode, r in result["modes"].items()))
+
+
+def cmd_bench_batching(args):
+    from .bench.batching import bench_batching
+    from .engine import Policy
+
+    Policy(args.policy, args.batch_size)  # a bad policy or size fails before the model loads
+    _positive("--requests", args.requests)
+    _positive("--min-output", args.min_output)
+    _positive("--max-output", args.max_output, args.min_output)
+    if not args.rate > 0:
+        from .errors import InvalidParameterError
+
+        raise InvalidParameterError(f"--rate must be > 0 requests per second, got {args.rate}")
+    model, tokenizer = _load(args)
+    summary, _ = bench_batching(model, tokenizer, policy=args.policy, requests=args.requests, rate=args.rate,
+                                seed=args.seed, output_tokens=(args.min_output, args.max_output),
+                                batch_size=args.batch_size, max_num_seqs=args.batch_size,
+                                chunked_prefill=args.chunked_prefill)
+    summary.update(model=args.model, quant=args.quant)
+    _emit(args, summary, f"{args.policy}: {summary['throughput_tok_s']:.1f} output tok/s, TTFT p50 "
+                         f"{summary['ttft_p50_s']:.2f} s p95 {summary['ttft_p95_s']:.2f} s, latency p95 "
+                         f"{summary['latency_p95_s']:.2f} s, outputs match one-at-a-time: "
+                         f"{summary['outputs_match_reference']}")
 
 
 def cmd_export(args):

@@ -1,6 +1,12 @@
-"""Inference engine: sampling and KV-cached generation."""
+"""Inference engine: sampling, KV-cached generation, and the batching `Engine` over a paged KV cache."""
 
+from .batching import POLICIES, Policy
+from .engine import Engine, EngineConfig, RequestOutput
 from .generate import Completion, generate, generate_ids, stream
+from .metrics import request_metrics, summarize
 from .sampling import Sampler, SamplingParams
+from .workload import poisson_workload, replay
 
-__all__ = ["Completion", "generate", "generate_ids", "stream", "Sampler", "SamplingParams"]
+__all__ = ["Completion", "generate", "generate_ids", "stream", "Sampler", "SamplingParams", "Engine",
+           "EngineConfig", "RequestOutput", "Policy", "POLICIES", "poisson_workload", "replay",
+           "request_metrics", "summarize"]

@@ -100,7 +100,7 @@ class EngineStats:
     allocated_slot_steps: int = 0     # sum over steps of slots in blocks held by running sequences
     used_slot_steps: int = 0          # ... of those that hold a computed position
     contiguous_slot_steps: int = 0    # ... a max_model_len preallocation per running sequence would hold
-    peak_blocks: int = 0
+    peak_blocks: int = 0              # blocks in use at the busiest step
     batch_sizes: list[int] = field(default_factory=list)
 
     @property
@@ -219,6 +219,8 @@ class Engine:
             batch = self.scheduler.schedule(now, drain)
             if not batch:
                 return []
+            in_use = self.blocks.num_blocks - self.blocks.num_free
+            self.stats.peak_blocks = max(self.stats.peak_blocks, in_use)
             ids, segments = [], []
             for seq, n in batch:
                 start = seq.table.num_computed
@@ -294,7 +296,6 @@ class Engine:
         s.allocated_slot_steps += allocated
         s.used_slot_steps += used
         s.contiguous_slot_steps += len(tables) * self.max_model_len
-        s.peak_blocks = max(s.peak_blocks, self.blocks.num_blocks - self.blocks.num_free)
 
     # ---- driving it --------------------------------------------------------------------------
     def run(self) -> list[RequestOutput]:
