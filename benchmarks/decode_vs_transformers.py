@@ -1,9 +1,12 @@
 #!/usr/bin/env python
-"""Our engine vs transformers' `generate`: prefill and decode speed, same run, same prompts, same clock.
+"""Our engine vs transformers' `generate` (and llama.cpp when installed): prefill and decode speed,
+same run, same prompts, same clock.
 
-For every (dtype, batch) the two engines are measured in alternation inside one process (a warm-up
-run of each, then `repeats` rounds of: one timed run of ours, one timed run of transformers'), so a
-noisy neighbour on a shared machine slows both alike. Both are timed the way
+Engines, all in one process: ours in float32 and bfloat16 with our CPU kernels and without them
+(PyTorch's operators), transformers in the same dtypes, ours on every quantization spec (`--specs`,
+with kernels), and llama.cpp on the matching GGUF types when `llama_cpp` is importable. For every
+batch size: an untimed warm-up run of each engine, then `repeats` rounds of one timed run of every
+engine, so a noisy neighbour on a shared machine slows all alike. All are timed the way
 `workbench.bench.decode.METHOD` defines it: prefill = start of the call to the first sampled token,
 decode = first to last sampled token. See benchmarks/README.md.
 
@@ -18,11 +21,15 @@ import argparse
 import copy
 import datetime as dt
 import gc
+import importlib.util
 import os
 import platform
 import shlex
 import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader draws a progress bar with plain tqdm
 
@@ -32,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from workbench import kernels  # noqa: E402
+from workbench.bench import quantized_copy  # noqa: E402
 from workbench.bench.decode import METHOD, bench_decode, benchmark_prompts, decode_bytes_per_step  # noqa: E402
 from workbench.bench.timing import median, now  # noqa: E402
 from workbench.checkpoints import load_model  # noqa: E402
@@ -43,9 +52,16 @@ from workbench.model import weight_bytes  # noqa: E402
 MODEL = "smollm2-135m"
 MARK_START, MARK_END = "<!-- decode-benchmark:start -->", "<!-- decode-benchmark:end -->"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-FULL = {"batches": [1, 8], "prompt_tokens": 512, "new_tokens": 128, "repeats": 3, "warmup": 1}
+SPECS = ["int8", "int4-g32", "int4-g64", "int4-g128", "q8_0", "q4_0", "q4_1"]
+FULL = {"batches": [1, 8], "prompt_tokens": 512, "new_tokens": 128, "repeats": 3, "warmup": 1, "specs": SPECS}
 BUSY_LOAD = 1.0  # 1-minute load average above which a run is flagged as measured on a busy machine
-QUICK = {"batches": [1, 2], "prompt_tokens": 32, "new_tokens": 8, "repeats": 1, "warmup": 1}
+QUICK = {"batches": [1, 2], "prompt_tokens": 32, "new_tokens": 8, "repeats": 1, "warmup": 1, "specs": ["int8"]}
+LLAMA_CPP_METHOD = (
+    "llama.cpp, only when llama-cpp-python is importable (optional; it compiles for about 6 minutes): our float32 "
+    "model exported with workbench.checkpoints.gguf_export as F32 / Q8_0 / Q4_0 / Q4_1 (the same bytes as our "
+    "q8_0/q4_0/q4_1 specs), Llama(n_threads=threads, n_batch=512), batch 1 only; greedy (top_k=1) through "
+    "Llama.generate on the same prompt ids; prefill = call to first token, decode = first to last token."
+)
 
 HF_METHOD = (
     "transformers: LlamaForCausalLM loaded by workbench.reference.load_reference from the same GGUF (float32; "
@@ -83,6 +99,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (full: 1 8)")
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    p.add_argument("--specs", nargs="+", default=None,
+                   help=f"quantization specs run on our engine with kernels (full: {' '.join(SPECS)}; quick: int8)")
+    p.add_argument("--kernels", choices=["on", "off", "both"], default="both",
+                   help="our float engine with our CPU kernels, without them (PyTorch's operators), or both")
+    p.add_argument("--spec-baselines", action="store_true",
+                   help="also run every spec without kernels (its PyTorch path dequantizes every step: slow)")
+    p.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp even when llama_cpp is importable")
     p.add_argument("--prompt-tokens", type=int, default=None, help="prompt length (full: 512)")
     p.add_argument("--new-tokens", type=int, default=None, help="tokens generated per sequence (full: 128)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per config (full: 3)")
@@ -112,6 +135,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if problems:
         p.error("; ".join(problems))
     args.dtypes = list(dict.fromkeys(args.dtypes))
+    args.specs = list(dict.fromkeys(args.specs))
+    from workbench.quant import SPECS as KNOWN
+
+    if unknown := [s for s in args.specs if s not in KNOWN]:
+        p.error(f"unknown --specs {' '.join(unknown)} (accepted: {', '.join(KNOWN)})")
     args.batches = list(dict.fromkeys(args.batches))
     return args
 
@@ -252,7 +280,102 @@ def machine_info(threads: int) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------------------------------
+# the engines: each times one greedy generation of `new_tokens` tokens for a list of prompts
+
+
+@dataclass
+class Engine:
+    engine: str  # "workbench", "transformers X", "llama.cpp X"
+    weights: str  # a dtype or a quantization spec / GGUF type
+    kernels: str  # our kernels' instruction set, "off", or "" for other engines
+    model_bytes: int
+    step_bytes: int
+    time: Callable  # (prompts, new_tokens) -> (prefill_s, decode_s) of one timed run
+    tokens: Callable  # (prompts, new_tokens) -> greedy tokens per sequence (an untimed warm-up run)
+    batches: tuple | None = None  # batch sizes it can run (None: any)
+
+
+def ours_engine(model, tokenizer, weights: str, kernels_on: bool) -> Engine:
+    def mode():
+        return nullcontext() if kernels_on else kernels.disabled()
+
+    def time(prompts, new_tokens):
+        with mode():
+            r = bench_decode(model, tokenizer, batch=len(prompts), prompt_tokens=len(prompts[0]),
+                             new_tokens=new_tokens, repeats=1, warmup=0)
+        return r["runs_s"][0]["prefill_s"], r["runs_s"][0]["decode_s"]
+
+    def tokens(prompts, new_tokens):
+        with mode():
+            return ours_tokens(model, prompts, new_tokens)
+    with mode():
+        used = kernels.in_use(model) or "off"
+    return Engine("workbench", weights, used, model.weight_bytes(), decode_bytes_per_step(model), time, tokens)
+
+
+def hf_engine(ref, dtype_name: str, timer_cls) -> Engine:
+    import transformers
+
+    return Engine(f"transformers {transformers.__version__}", dtype_name, "", weight_bytes(ref),
+                  hf_bytes_per_step(ref), lambda prompts, n: hf_generation(ref, prompts, n, timer_cls)[:2],
+                  lambda prompts, n: hf_generation(ref, prompts, n, timer_cls)[2])
+
+
+def llama_cpp_engine(model, tokenizer, gguf_type: str, weights: str, tmp: Path, threads: int, n_ctx: int) -> Engine:
+    """llama.cpp (llama-cpp-python) on our model exported as GGUF `gguf_type`; batch 1 only."""
+    import llama_cpp
+
+    from workbench.checkpoints.gguf_export import export_gguf
+
+    path = tmp / f"model-{gguf_type}.gguf"
+    export_gguf(model, tokenizer, path, gguf_type, name=f"benchmark {gguf_type}")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                          n_batch=512, verbose=False)
+
+    def run(prompts, new_tokens):
+        tokens, times = [], []
+        start = now()
+        for token in llm.generate(prompts[0], top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+            times.append(now())
+            tokens.append(int(token))
+            if len(tokens) == new_tokens:
+                break
+        return times[0] - start, times[-1] - times[0], [tokens]
+    size = path.stat().st_size
+    return Engine(f"llama.cpp {llama_cpp.__version__}", weights, "", size, size, lambda p, n: run(p, n)[:2],
+                  lambda p, n: run(p, n)[2], batches=(1,))
+
+
+def build_engines(args, tmp: Path) -> tuple[list[Engine], object]:
+    timer_cls = _step_timer_class()
+    engines, floats = [], {}
+    print(f"loading transformers' model for {args.model} (float32) ...", file=sys.stderr, flush=True)
+    ref32 = load_reference(args.model)
+    for dtype_name in args.dtypes:
+        model, tokenizer = load_model(args.model, dtype=DTYPES[dtype_name], kernels=args.kernels != "off")
+        floats[dtype_name] = model
+        modes = {"on": [True], "off": [False], "both": [True, False]}[args.kernels]
+        engines += [ours_engine(model, tokenizer, dtype_name, on) for on in modes]
+        ref = ref32 if dtype_name == "float32" else copy.deepcopy(ref32).to(DTYPES[dtype_name])
+        engines.append(hf_engine(ref, dtype_name, timer_cls))
+    base = floats.get("float32") or load_model(args.model)[0]
+    for spec in args.specs:
+        print(f"quantizing {spec} ...", file=sys.stderr, flush=True)
+        variant = kernels.enable(quantized_copy(base, spec, tokenizer))
+        engines += [ours_engine(variant, tokenizer, spec, on) for on in ([True, False] if args.spec_baselines else [True])]
+    if importlib.util.find_spec("llama_cpp") is not None and not args.no_llama_cpp:
+        wanted = [("float32", "F32")] * ("float32" in args.dtypes) + [
+            (s, s.upper()) for s in args.specs if s.upper() in ("Q8_0", "Q4_0", "Q4_1")]
+        for weights, gguf_type in wanted:
+            engines.append(llama_cpp_engine(base, tokenizer, gguf_type, weights, tmp, args.threads,
+                                            args.prompt_tokens + args.new_tokens + 16))
+    return engines, tokenizer
+
+
 def run(args) -> dict:
+    import tempfile
+
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -262,85 +385,75 @@ def run(args) -> dict:
     if (info["loadavg_start"] or [0.0])[0] > BUSY_LOAD:
         print(f"warning: load average {info['loadavg_start'][0]:.1f}: the machine is busy, timings will be noisy",
               file=sys.stderr, flush=True)
-    timer_cls = _step_timer_class()
     P, N = args.prompt_tokens, args.new_tokens
-
-    print(f"loading transformers' model for {args.model} (float32) ...", file=sys.stderr, flush=True)
-    ref32 = load_reference(args.model)
-    rows, ratios = [], []
-    for dtype_name in args.dtypes:
-        dtype = DTYPES[dtype_name]
-        model, tokenizer = load_model(args.model, dtype=dtype)
-        if P + N > model.config.max_position_embeddings:
-            fail(f"--prompt-tokens + --new-tokens = {P + N} exceeds the context window "
-                     f"of {model.config.max_position_embeddings}")
-        ref = ref32 if dtype == torch.float32 else copy.deepcopy(ref32).to(dtype)
-        assert next(ref.parameters()).dtype == dtype and model.dtype == dtype
-        ours_step, hf_step = decode_bytes_per_step(model), hf_bytes_per_step(ref)
-        ours_bytes, hf_bytes = model.weight_bytes(), weight_bytes(ref)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        engines, tokenizer = build_engines(args, Path(tmp))
+        info["kernels"] = kernels.status()
         for batch in args.batches:
             prompts = benchmark_prompts(tokenizer, batch, P)
-            print(f"{dtype_name} batch {batch}: warm-up ...", file=sys.stderr, flush=True)
-            our_toks = hf_toks = None
-            for _ in range(args.warmup):
-                our_toks = ours_tokens(model, prompts, N)
-                hf_toks = hf_generation(ref, prompts, N, timer_cls)[2]
-            ours_runs, hf_runs, last = [], [], None
-            for r in range(args.repeats):
-                gc.collect()
-                last = bench_decode(model, tokenizer, batch=batch, prompt_tokens=P, new_tokens=N,
-                                    repeats=1, warmup=0)
-                ours_runs += [(x["prefill_s"], x["decode_s"]) for x in last["runs_s"]]
-                prefill_s, decode_s, hf_toks = hf_generation(ref, prompts, N, timer_cls)
-                hf_runs.append((prefill_s, decode_s))
-                print(f"  round {r + 1}/{args.repeats}: ours decode {batch * (N - 1) / ours_runs[-1][1]:.1f} tok/s, "
-                      f"transformers {batch * (N - 1) / decode_s:.1f} tok/s", file=sys.stderr, flush=True)
-            if our_toks is None:
-                our_toks = ours_tokens(model, prompts, N)
-            common = {"dtype": dtype_name, "batch": batch, "prompt_tokens": P, "new_tokens": N,
-                      "threads": torch.get_num_threads(), "repeats": args.repeats, "warmup": args.warmup}
-            ours = {"engine": "workbench", **common, "model_bytes": ours_bytes, "bytes_per_step": ours_step,
-                    **summarise(ours_runs, batch, P, N, ours_step),
-                    "kv_cache_bytes": last["kv_cache_bytes"]}  # (peak RSS left out: both models share the process)
-            if args.repeats == 1:  # our formulas must reproduce bench_decode's own numbers
-                for key in ("prefill_tok_s", "decode_tok_s", "gb_s"):
-                    assert abs(ours[key] - last[key]) <= 1e-9 * abs(last[key]), key
-            theirs = {"engine": f"transformers {transformers.__version__}", **common, "model_bytes": hf_bytes,
-                      "bytes_per_step": hf_step, **summarise(hf_runs, batch, P, N, hf_step),
-                      "attn_implementation": ref.config._attn_implementation}
-            ratio = {"dtype": dtype_name, "batch": batch,
-                     "prefill_ratio": ours["prefill_tok_s"] / theirs["prefill_tok_s"],
-                     "decode_ratio": ours["decode_tok_s"] / theirs["decode_tok_s"],
-                     "gb_s_ratio": ours["gb_s"] / theirs["gb_s"],
-                     "greedy_agreement": agreement(our_toks, hf_toks)}
-            for row in (ours, theirs):
-                row.update({k: ratio[k] for k in ("prefill_ratio", "decode_ratio", "gb_s_ratio")})
-            rows += [ours, theirs]
-            ratios.append(ratio)
-        del model, ref
-        gc.collect()
+            active = [e for e in engines if e.batches is None or batch in e.batches]
+            print(f"batch {batch}: warm-up of {len(active)} engines ...", file=sys.stderr, flush=True)
+            tokens = {id(e): e.tokens(prompts, N) for e in active}  # the first warm-up run
+            for e in active:
+                for _ in range(args.warmup - 1):
+                    e.time(prompts, N)
+            runs = {id(e): [] for e in active}
+            for r in range(args.repeats):  # every engine once per round: noise hits all alike
+                for e in active:
+                    gc.collect()
+                    runs[id(e)].append(e.time(prompts, N))
+                print(f"  round {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+            for e in active:
+                rows.append({"engine": e.engine, "weights": e.weights, "kernels": e.kernels, "batch": batch,
+                             "prompt_tokens": P, "new_tokens": N, "threads": args.threads, "repeats": args.repeats,
+                             "model_bytes": e.model_bytes, "bytes_per_step": e.step_bytes,
+                             **summarise(runs[id(e)], batch, P, N, e.step_bytes), "_tokens": tokens[id(e)]})
+    add_ratios(rows)
     info["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return {
         "benchmark": "decode_vs_transformers",
         "model": args.model,
         "quick": args.quick,
         "command": command_line(),
-        "settings": {"batches": args.batches, "dtypes": args.dtypes, "prompt_tokens": P, "new_tokens": N,
-                     "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads},
+        "settings": {"batches": args.batches, "dtypes": args.dtypes, "specs": args.specs, "kernels": args.kernels,
+                     "prompt_tokens": P, "new_tokens": N, "repeats": args.repeats, "warmup": args.warmup,
+                     "threads": args.threads},
         "machine": info,
-        "method": {"ours": METHOD, "transformers": HF_METHOD,
-                   "ratios": "ours / transformers, from the medians; gb_s_ratio equals decode_ratio when both "
-                             "count the same weight bytes",
-                   "greedy_agreement": "fraction of generated positions before the first disagreement between "
-                                       "the two engines' greedy tokens (per sequence; bf16 may diverge early)"},
+        "method": {"ours": METHOD, "transformers": HF_METHOD, "llama.cpp": LLAMA_CPP_METHOD,
+                   "ratios": "from the medians of the same rounds: vs_transformers = ours / transformers in the same "
+                             "dtype; vs_ours_float32 = this row / our float32 row with kernels (same batch); "
+                             "kernel_speedup = our row with kernels / the same weights without",
+                   "greedy_agreement": "fraction of generated positions before the first disagreement with "
+                                       "transformers' greedy tokens in the same dtype (quantized rows: with our "
+                                       "float32 model's), per sequence; bf16 and quantized weights diverge early"},
         "rows": rows,
-        "ratios": ratios,
         "peers_reference_only": None if args.no_peers else {
             "source": PEER_SOURCE,
             "rows": [{"engine": "llama.cpp", "weights": w, "bytes": b, "prefill_512_tok_s": pf,
                       "decode_b1_tok_s": d1, "decode_b8_tok_s": d8} for w, b, pf, d1, d8 in LLAMA_CPP_PEERS],
         },
     }
+
+
+def add_ratios(rows: list[dict]):
+    """Ratios between rows of the same batch (see the method text); the greedy tokens are dropped after."""
+    def find(batch, **match):
+        return next((r for r in rows if r["batch"] == batch and all(r[k] == v for k, v in match.items())), None)
+    for r in rows:
+        hf = next((h for h in rows if h["batch"] == r["batch"] and h["weights"] == r["weights"]
+                   and h["engine"].startswith("transformers")), None)
+        ours32 = next((o for o in rows if o["batch"] == r["batch"] and o["weights"] == "float32"
+                       and o["engine"] == "workbench" and o["kernels"] != "off"), None)
+        off = find(r["batch"], engine="workbench", weights=r["weights"], kernels="off")
+        r["vs_transformers"] = r["decode_tok_s"] / hf["decode_tok_s"] if hf and r["engine"] == "workbench" else None
+        r["vs_ours_float32"] = r["decode_tok_s"] / ours32["decode_tok_s"] if ours32 else None
+        r["kernel_speedup"] = (r["decode_tok_s"] / off["decode_tok_s"]
+                               if off and r["engine"] == "workbench" and r["kernels"] != "off" else None)
+        reference = hf or ours32
+        r["greedy_agreement"] = agreement(r["_tokens"], reference["_tokens"]) if reference and reference is not r else None
+    for r in rows:
+        r.pop("_tokens")
 
 
 def command_line() -> str:
@@ -354,37 +467,37 @@ def command_line() -> str:
 
 def markdown(result: dict) -> str:
     s, m = result["settings"], result["machine"]
-    by = {(r["dtype"], r["batch"], r["engine"] == "workbench"): r for r in result["rows"]}
+    x = lambda v: f"{v:.2f}x" if v is not None else ""  # noqa: E731
     lines = [
-        f"Same run, engines alternated per round: {result['model']}, prompt {s['prompt_tokens']} tokens, "
+        f"Same run, every engine once per round: {result['model']}, prompt {s['prompt_tokens']} tokens, "
         f"{s['new_tokens']} new tokens, greedy, {m['threads']} threads, medians of {s['repeats']} "
         f"(after {s['warmup']} warm-up), {m['cpu']}, torch {m['torch']}, transformers {m['transformers']}. "
         f"Decode and prefill in tokens/s (all sequences of the batch); GB/s = weight bytes per decode step "
-        f"x steps/s; ratio = ours / transformers.",
+        f"x steps/s; kernels = our C++ kernels' instruction set (off: PyTorch's operators).",
         "",
-        "| dtype | batch | weights MB | prefill ours | prefill transformers | ratio | decode ours "
-        "| decode transformers | ratio | GB/s ours | GB/s transformers | same greedy tokens |",
+        "| engine | weights | kernels | batch | MB | prefill | decode [min-max] | GB/s | vs transformers "
+        "| vs our fp32 | kernel speed-up | same greedy tokens |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for q in result["ratios"]:
-        o, t = by[(q["dtype"], q["batch"], True)], by[(q["dtype"], q["batch"], False)]
+    for r in result["rows"]:
+        agree = f"{r['greedy_agreement']:.0%}" if r["greedy_agreement"] is not None else ""
         lines.append(
-            f"| {q['dtype']} | {q['batch']} | {o['model_bytes'] / 1e6:.0f} | {o['prefill_tok_s']:.0f} "
-            f"| {t['prefill_tok_s']:.0f} | {q['prefill_ratio']:.2f}x "
-            f"| {o['decode_tok_s']:.1f} [{o['decode_tok_s_min']:.1f}-{o['decode_tok_s_max']:.1f}] "
-            f"| {t['decode_tok_s']:.1f} [{t['decode_tok_s_min']:.1f}-{t['decode_tok_s_max']:.1f}] "
-            f"| {q['decode_ratio']:.2f}x | {o['gb_s']:.1f} | {t['gb_s']:.1f} | {q['greedy_agreement']:.0%} |")
+            f"| {r['engine']} | {r['weights']} | {r['kernels']} | {r['batch']} | {r['model_bytes'] / 1e6:.0f} "
+            f"| {r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} [{r['decode_tok_s_min']:.1f}-"
+            f"{r['decode_tok_s_max']:.1f}] | {r['gb_s']:.1f} | {x(r['vs_transformers'])} | {x(r['vs_ours_float32'])} "
+            f"| {x(r['kernel_speedup'])} | {agree} |")
     lines.append("")
-    lines.append("Decode [min-max] over the rounds.")
-    load = (m.get("loadavg_start") or [0.0])[0]
-    if load > BUSY_LOAD:
-        lines.append(f"WARNING: 1-minute load average {load:.1f} when the run started (other processes on "
-                     f"{m['cpu_count']} cores): the machine was busy, absolute numbers are unreliable.")
+    start, end = (m.get("loadavg_start") or [0.0])[0], (m.get("loadavg_end") or [0.0])[0]
+    lines.append(f"Decode [min-max] over the rounds. 1-minute load average {start:.1f} at the start, {end:.1f} at the end.")
+    if start > BUSY_LOAD:
+        lines.append(f"WARNING: the machine was busy (other processes on {m['cpu_count']} cores): absolute numbers "
+                     f"are unreliable; ratios within a round are less affected.")
     peers = result.get("peers_reference_only")
-    if peers:
+    if peers and not any(r["engine"].startswith("llama.cpp") for r in result["rows"]):
         lines += [
             "",
-            f"Reference only, NOT from this run (other session, other load; compare loosely): {peers['source']}.",
+            f"llama.cpp is not installed here; reference only, NOT from this run (other session, other load; "
+            f"compare loosely): {peers['source']}.",
             "",
             "| llama.cpp weights | bytes MB | prefill 512 tok/s | decode b1 tok/s | decode b8 tok/s |",
             "|---|---|---|---|---|",
@@ -401,9 +514,9 @@ def write_outputs(result: dict, out_dir: Path, quick: bool) -> tuple[Path, Path]
     stem = "decode_vs_transformers_quick" if quick else "decode_vs_transformers"
     json_path, csv_path = out_dir / f"{stem}.json", out_dir / f"{stem}.csv"
     atomic_write_json(json_path, result)
-    columns = ["engine", "dtype", "batch", "prompt_tokens", "new_tokens", "threads", "repeats", "prefill_tok_s",
-               "decode_tok_s", "decode_tok_s_min", "decode_tok_s_max", "gb_s", "model_bytes", "bytes_per_step",
-               "prefill_ratio", "decode_ratio", "gb_s_ratio"]
+    columns = ["engine", "weights", "kernels", "batch", "prompt_tokens", "new_tokens", "threads", "repeats",
+               "prefill_tok_s", "decode_tok_s", "decode_tok_s_min", "decode_tok_s_max", "gb_s", "model_bytes",
+               "bytes_per_step", "vs_transformers", "vs_ours_float32", "kernel_speedup", "greedy_agreement"]
     frame = pd.DataFrame([{k: r.get(k) for k in columns} for r in result["rows"]], columns=columns)
     frame["date"] = result["machine"]["date"]
     atomic_write_text(csv_path, frame.to_csv(index=False, float_format="%.4g"))

@@ -22,6 +22,8 @@ def _model_args(p: argparse.ArgumentParser):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quant", default=None, metavar="SPEC",
                    help="quantize the weights first (see `workbench quant list`)")
+    p.add_argument("--kernels", choices=["on", "off"], default="on",
+                   help="our CPU kernels for decode-sized products (default on; off: PyTorch's operators only)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -121,7 +123,10 @@ def _load(args):
     if args.threads:
         _positive("--threads", args.threads)
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    from . import kernels
+
+    kernels.set_enabled(args.kernels == "on")
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, kernels=args.kernels == "on")
     if getattr(args, "quant", None):
         from .quant import quantize_
 
@@ -238,7 +243,8 @@ def cmd_bench(args):
     result.update(model=args.model, quant=args.quant)
     if args.output:
         atomic_write_json(args.output, result)
-    _emit(args, result, f"batch {result['batch']} {result['dtype']}: prefill {result['prefill_tok_s']:.1f} tok/s, "
+    _emit(args, result, f"batch {result['batch']} {args.quant or result['dtype']} (kernels: {result['kernels']}): "
+                        f"prefill {result['prefill_tok_s']:.1f} tok/s, "
                         f"decode {result['decode_tok_s']:.1f} tok/s, {result['gb_s']:.1f} GB/s, "
                         f"weights {result['model_bytes'] / 1e6:.1f} MB, peak RSS {result['peak_rss_mb']:.0f} MB")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import kernels
 from ..engine import SamplingParams, generate_ids
 from ..eval.corpus import builtin_text
 from .timing import median, now, peak_rss_mb
@@ -63,6 +64,7 @@ def bench_decode(model, tokenizer, *, batch: int = 1, prompt_tokens: int = 512, 
     step_bytes = decode_bytes_per_step(model)
     return {
         "engine": "workbench",
+        "kernels": kernels.in_use(model) or "off",  # our CPU kernels' instruction set, or PyTorch's operators
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
         "threads": torch.get_num_threads(),

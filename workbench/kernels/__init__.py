@@ -60,6 +60,13 @@ def status() -> dict:
     return {"enabled": _enabled, **build.status()}
 
 
+def in_use(model: nn.Module) -> str | None:
+    """The instruction set our kernels run `model`'s decode products on, or None (PyTorch's operators)."""
+    if not any(getattr(m, "uses_kernels", False) for m in model.modules()) or not available():
+        return None
+    return build.load().backend()
+
+
 def _ops(x: torch.Tensor, *tensors: torch.Tensor, max_rows: int):
     """The extension if it should run for input x, else None."""
     if not _enabled or x.device.type != "cpu" or x.numel() > max_rows * x.shape[-1] or x.numel() == 0:
@@ -104,6 +111,8 @@ class KernelLinear(nn.Linear):
     Same parameter (shared, not copied: tied weights stay tied), same state-dict names; a subclass
     of `nn.Linear`, so `quantize_` and calibration hooks treat it like any linear layer.
     """
+
+    uses_kernels = True
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> KernelLinear:

@@ -58,6 +58,7 @@ class Int8WeightOnlyLinear(QuantizedLinear):
     """int8 weights, symmetric, one float32 scale per output channel: w = q * scale."""
 
     format = "int8"
+    uses_kernels = True  # forward calls workbench.kernels for a few rows of x
 
     def __init__(self, weight: torch.Tensor, observer="minmax"):
         super().__init__(weight.shape[1], weight.shape[0])
@@ -76,6 +77,8 @@ class Int8WeightOnlyLinear(QuantizedLinear):
 class Int4WeightOnlyLinear(QuantizedLinear):
     """4-bit weights, asymmetric per group of `group_size` inputs, packed two per byte:
     w = (q - zero_point) * scale; byte j of a row holds input 2j (low nibble) and 2j+1 (high)."""
+
+    uses_kernels = True
 
     def __init__(self, weight: torch.Tensor, group_size: int = 128, observer="minmax"):
         super().__init__(weight.shape[1], weight.shape[0])
@@ -112,6 +115,7 @@ class W8A8Linear(Int8WeightOnlyLinear):
     (symmetric, scale = max|x_token| / 127); the product accumulates exactly in int32."""
 
     format = "w8a8"
+    uses_kernels = False  # int8 activations: its own forward, no kernel yet
 
     def __init__(self, weight: torch.Tensor, observer="minmax"):
         super().__init__(weight, observer)
@@ -132,6 +136,8 @@ class W8A8Linear(Int8WeightOnlyLinear):
 
 class GGUFBlockLinear(QuantizedLinear):
     """Raw GGUF blocks (Q8_0, Q4_0, Q4_1: 32 weights each, see `checkpoints.blocks`), as llama.cpp stores them."""
+
+    uses_kernels = True
 
     def __init__(self, weight: torch.Tensor, type_name: str):
         super().__init__(weight.shape[1], weight.shape[0])

@@ -1,0 +1,88 @@
+"""Decode speed per weight format and batch size, with and without our CPU kernels: the speed half
+of the quantization study.
+
+Method: the float32 model is loaded once; each spec gets its own copy (`quantized_copy`: "float32"
+and "bfloat16" are plain dtype copies), whose float linear layers are put on our kernels
+(`workbench.kernels.enable`; packed layers call them on their own). For every batch size, one
+untimed run per kernel mode, then `repeats` rounds of one `bench_decode` run per mode (kernels on,
+then off through `workbench.kernels.disabled()`), so both modes see the same machine noise; medians
+over the rounds. GB/s = weight bytes per decode step x steps/s; `ceiling_tok_s` = batch x bandwidth
+/ bytes per step (weights only, KV cache and activations ignored) at `bandwidth_gb_s` (38 GB/s: the
+median read bandwidth of a 2-core machine like CI's, /work/shared/BASELINES.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .. import kernels as cpu_kernels
+from ..settings import pick
+from .timing import median
+from .decode import bench_decode
+from .quality import quantized_copy
+
+METHOD = __doc__
+TYPICAL_BANDWIDTH_GB_S = 38.0
+
+
+def decode_speed_table(model="smollm2-135m", specs=("float32", "bfloat16", "int8", "int4-g32", "q4_1"),
+                       batch_sizes=(1,), *, kernels="both", prompt_tokens: int | None = None,
+                       new_tokens: int | None = None, repeats: int | None = None, threads: int | None = None,
+                       bandwidth_gb_s: float = TYPICAL_BANDWIDTH_GB_S, progress: bool = True):
+    """A DataFrame, one row per (spec, batch, kernels): decode_tok_s, prefill_tok_s, gb_s,
+    bytes_per_step, ceiling_tok_s, ceiling_fraction (gb_s / bandwidth) and, with kernels="both",
+    speedup (kernels on / off, same rounds). `model` is a name or path; `kernels`: True, False or
+    "both". Quick mode (WORKBENCH_QUICK=1) shortens prompts, generations and repeats."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from ..checkpoints import load_model
+
+    if kernels not in (True, False, "both"):
+        from ..errors import InvalidParameterError
+
+        raise InvalidParameterError(f"kernels must be True, False or 'both', got {kernels!r}")
+    modes = [True, False] if kernels == "both" else [bool(kernels)]
+    prompt_tokens = prompt_tokens or pick(32, 512)
+    new_tokens = new_tokens or pick(8, 128)
+    repeats = repeats or pick(1, 3)
+    if threads:
+        torch.set_num_threads(threads)
+    base, tokenizer = load_model(model)
+    rows = []
+    for spec in tqdm(list(specs), desc="decode speed", disable=not progress):
+        variant = cpu_kernels.enable(quantized_copy(base, spec, tokenizer))
+        for batch in batch_sizes:
+            runs = {mode: [] for mode in modes}
+            for i in range(repeats + 1):  # the first round warms up
+                for mode in modes:
+                    with _kernels(mode):
+                        r = bench_decode(variant, tokenizer, batch=batch, prompt_tokens=prompt_tokens,
+                                         new_tokens=new_tokens, repeats=1, warmup=0)
+                    if i:
+                        runs[mode].append(r)
+            for mode in modes:
+                last = runs[mode][-1]
+                row = {"spec": spec, "batch": batch, "kernels": last["kernels"],
+                       "decode_tok_s": median(r["decode_tok_s"] for r in runs[mode]),
+                       "prefill_tok_s": median(r["prefill_tok_s"] for r in runs[mode]),
+                       "gb_s": median(r["gb_s"] for r in runs[mode]), "bytes_per_step": last["bytes_per_step"],
+                       "ceiling_tok_s": batch * bandwidth_gb_s * 1e9 / last["bytes_per_step"]}
+                row["ceiling_fraction"] = row["gb_s"] / bandwidth_gb_s
+                if len(modes) == 2:
+                    on, off = ([r["decode_tok_s"] for r in runs[m]] for m in modes)
+                    row["speedup"] = median(a / b for a, b in zip(on, off)) if mode else 1.0
+                rows.append(row)
+        del variant
+    table = pd.DataFrame(rows)
+    table.attrs.update(method=METHOD, threads=torch.get_num_threads(), prompt_tokens=prompt_tokens,
+                       new_tokens=new_tokens, repeats=repeats, loadavg=list(os.getloadavg()))
+    return table
+
+
+def _kernels(on: bool):
+    from contextlib import nullcontext
+
+    return nullcontext() if on else cpu_kernels.disabled()
