@@ -22,6 +22,8 @@ def _model_args(p: argparse.ArgumentParser):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quant", default=None, metavar="SPEC",
                    help="quantize the weights first (see `workbench quant list`)")
+    p.add_argument("--prune", default=None, metavar="SPEC",
+                   help="prune the weights first, before any --quant (see `workbench prune list`)")
     p.add_argument("--kernels", choices=["on", "off"], default="on",
                    help="our CPU kernels for decode-sized products (default on; off: PyTorch's operators only)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -101,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     q = quant.add_parser("list", help="the specs --quant accepts")
     q.add_argument("--json", action="store_true", help="print one JSON object")
 
+    p = sub.add_parser("prune", help="pruning specs")
+    prune = p.add_subparsers(dest="prune_command", required=True)
+    q = prune.add_parser("list", help="the specs --prune accepts")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+
     p = sub.add_parser("verify", help="check our logits and greedy output against transformers")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--tolerance", type=float, default=1e-3)
@@ -127,6 +134,10 @@ def _load(args):
 
     kernels.set_enabled(args.kernels == "on")
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, kernels=args.kernels == "on")
+    if getattr(args, "prune", None):  # before --quant: pruning reads float weights, int8/int4 keep its zeros
+        from .prune import prune_
+
+        prune_(model, args.prune, tokenizer=tokenizer)  # calibrated specs read the built-in text
     if getattr(args, "quant", None):
         from .quant import quantize_
 
@@ -217,7 +228,7 @@ def cmd_ppl(args):
                    batch_size=args.batch_size, progress=not args.json)
     result = {"ppl": r.ppl, "tokens": r.tokens, "predictions": r.predictions, "window": r.window,
               "stride": r.stride, "nll": r.nll, "text": args.text_file or "built-in evaluation part",
-              "model": args.model, "dtype": args.dtype, "quant": args.quant}
+              "model": args.model, "dtype": args.dtype, "quant": args.quant, "prune": args.prune}
     _emit(args, result, f"perplexity {r.ppl:.4f} over {r.predictions} predictions "
                         f"({r.tokens} tokens, window {r.window}, stride {r.stride})")
 
@@ -320,9 +331,25 @@ def cmd_quant(args):
                                            f"{v['description']}" for name, v in specs.items()))
 
 
+def cmd_prune(args):
+    from .prune.api import EXAMPLES, SPECS
+
+    methods = {name: {"n_m": takes_nm, "calibrated": calibrated, "description": text}
+               for name, (takes_nm, calibrated, text) in SPECS.items()}
+    lines = [f"{name:<18} {'METHOD:S or METHOD:N:M' if v['n_m'] else 'METHOD:S':<24} {v['description']}"
+             for name, v in methods.items()]
+    _emit(args, {"methods": methods, "examples": list(EXAMPLES)},
+          "\n".join(lines + ["S: fraction removed in [0, 1); examples: " + ", ".join(EXAMPLES)]))
+
+
 def cmd_verify(args):
     from .reference import verify
 
+    if args.prune:
+        from .errors import InvalidParameterError
+
+        raise InvalidParameterError("verify checks the unpruned model against transformers; --prune does not apply "
+                                    "(compare a pruned model with `workbench ppl --prune SPEC`)")
     if args.quant:
         from .errors import InvalidParameterError
 
@@ -340,7 +367,7 @@ def cmd_verify(args):
 
 
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "ppl": cmd_ppl,
-            "bench": cmd_bench, "export": cmd_export, "quant": cmd_quant, "verify": cmd_verify}
+            "bench": cmd_bench, "export": cmd_export, "quant": cmd_quant, "prune": cmd_prune, "verify": cmd_verify}
 
 
 def main(argv=None) -> int:

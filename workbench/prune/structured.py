@@ -51,11 +51,12 @@ def _output_input_rms(model, tokenizer, pattern, calibration_text, calibration_t
 
 
 def _linear(old: nn.Linear, weight: torch.Tensor) -> nn.Linear:
-    """A bias-free nn.Linear around `weight` (a slice of `old`'s), trainable if `old` was."""
+    """A bias-free linear around `weight` (a slice of `old`'s), trainable if `old` was, and of `old`'s
+    kind (a `KernelLinear` stays one, so the smaller model decodes on the same kernels)."""
     with torch.device("meta"):
         linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
     linear.weight = nn.Parameter(weight.contiguous().clone(), requires_grad=old.weight.requires_grad)
-    return linear
+    return type(old).from_linear(linear) if hasattr(type(old), "from_linear") else linear
 
 
 @torch.no_grad()

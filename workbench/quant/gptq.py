@@ -26,7 +26,8 @@ The output head (tied to the token embedding here) stays round-to-nearest int4 (
 `include_head=False`): its GPTQ update would also rewrite the embedding rows that share its storage.
 
 The helpers below (calibration tokens, layer-by-layer runner, building an Int4WeightOnlyLinear from
-precomputed integers) are shared with `awq.py` and `smoothquant.py`.
+precomputed integers) are shared with `awq.py` and `smoothquant.py`; the Hessian, its dampened
+inverse factor and the layer-by-layer Hessian pass with `workbench.prune.sparsegpt`.
 """
 
 from __future__ import annotations
@@ -163,10 +164,22 @@ def _quant_column(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
 
 # ----------------------------------------------------------------------------------------- GPTQ proper
 
-def hessian(x: torch.Tensor) -> torch.Tensor:
-    """H = 2 X^T X / N for inputs X (tokens, in_features), accumulated in float64 for stability."""
-    x = x.reshape(-1, x.shape[-1]).double()
+def hessian(x: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """H = 2 X^T X / N for inputs X (tokens, in_features), accumulated in float64 for stability
+    (SparseGPT passes float32, as its reference code does: 4x faster, and its dampening absorbs it)."""
+    x = x.reshape(-1, x.shape[-1]).to(dtype)
     return (2.0 / x.shape[0]) * (x.T @ x)
+
+
+def inverse_hessian_factor(H: torch.Tensor, damp: float, method: str = "GPTQ") -> torch.Tensor:
+    """Upper Cholesky factor (float32) of (H + damp * mean(diag H) * I)^-1: the rows GPTQ and SparseGPT
+    read to spread one column's error over the columns not yet processed. `H` is not modified."""
+    H = H + damp * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    try:
+        return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
+    except torch.linalg.LinAlgError as e:  # pragma: no cover - only for pathological inputs
+        raise InvalidParameterError(f"{method}: Hessian not positive definite even after dampening ({e}); "
+                                    "raise `damp` or use more calibration tokens") from e
 
 
 @torch.no_grad()
@@ -197,13 +210,7 @@ def gptq_quantize_weight(weight: torch.Tensor, H: torch.Tensor, group_size: int 
         perm = torch.arange(cols)
     col_group = perm // group_size     # original group of each processed column
 
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype, device=H.device)
-    try:
-        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    except torch.linalg.LinAlgError as e:  # pragma: no cover - only for pathological inputs
-        raise InvalidParameterError(f"GPTQ: Hessian not positive definite even after dampening ({e}); "
-                                    "raise `damp` or use more calibration tokens") from e
-    Hinv = Hinv.float()
+    Hinv = inverse_hessian_factor(H, damp)
 
     Q = torch.zeros(rows, cols, dtype=torch.float32, device=W.device)
     scales = torch.zeros(rows, n_groups, dtype=torch.float32, device=W.device)
@@ -275,9 +282,11 @@ class GPTQConfig:
 
 
 @torch.no_grad()
-def gptq_quantize_model(model, ids: torch.Tensor, config: GPTQConfig = GPTQConfig(), filter_fn=None,
-                        verbose: bool = False):
-    """Replace every decoder Linear (for which filter_fn(name, module) holds) by its GPTQ int4 version."""
+def sequential_hessian_pass(model, ids: torch.Tensor, process, filter_fn=None, verbose: bool = False,
+                            label: str = "gptq", dtype: torch.dtype = torch.float64):
+    """Layer by layer, group by group (`SEQUENTIAL_GROUPS`): `process(layer, names, H)` with the Hessian
+    H of the inputs the named Linears of `layer` share, measured with everything before them already
+    processed. Only float `nn.Linear`s for which filter_fn(full name, module) holds are named."""
     runner = LayerRunner(model, ids)
     for index, layer in enumerate(model.model.layers):
         start = time.perf_counter()
@@ -286,18 +295,26 @@ def gptq_quantize_model(model, ids: torch.Tensor, config: GPTQConfig = GPTQConfi
                      (filter_fn is None or filter_fn(f"model.layers.{index}.{n}", layer.get_submodule(n)))]
             if not names:
                 continue
-            inputs = runner.capture(layer, names[:1])  # with the layer's earlier groups already quantized
-            H = hessian(inputs[names[0]])               # the group's Linears share one input, so one H
-            for name in names:
-                linear = layer.get_submodule(name)
-                q, scale, zp = gptq_quantize_weight(linear.weight, H, config.group_size,
-                                                    config.block_size, config.damp, config.act_order)
-                new = int4_linear_from_integers(q, scale, zp, config.group_size)
-                set_submodule(layer, name, new.to(linear.weight.device))
-        runner.advance(layer)                       # next layer's inputs come from this quantized layer
+            inputs = runner.capture(layer, names[:1])  # with the layer's earlier groups already processed
+            process(layer, names, hessian(inputs[names[0]], dtype))  # the group's Linears share one input: one H
+        runner.advance(layer)                       # next layer's inputs come from this processed layer
         if verbose:
-            print(f"gptq layer {index}: {time.perf_counter() - start:.1f}s")
+            print(f"{label} layer {index}: {time.perf_counter() - start:.1f}s")
     return model
+
+
+def gptq_quantize_model(model, ids: torch.Tensor, config: GPTQConfig = GPTQConfig(), filter_fn=None,
+                        verbose: bool = False):
+    """Replace every decoder Linear (for which filter_fn(name, module) holds) by its GPTQ int4 version."""
+    def quantize(layer, names, H):
+        for name in names:
+            linear = layer.get_submodule(name)
+            q, scale, zp = gptq_quantize_weight(linear.weight, H, config.group_size,
+                                                config.block_size, config.damp, config.act_order)
+            new = int4_linear_from_integers(q, scale, zp, config.group_size)
+            set_submodule(layer, name, new.to(linear.weight.device))
+
+    return sequential_hessian_pass(model, ids, quantize, filter_fn, verbose, label="gptq")
 
 
 def rtn_reference(weight: torch.Tensor, group_size: int = 128) -> torch.Tensor:
@@ -305,5 +322,5 @@ def rtn_reference(weight: torch.Tensor, group_size: int = 128) -> torch.Tensor:
     return Int4WeightOnlyLinear(weight, group_size).dequantized_weight()
 
 
-__all__ = ["GPTQConfig", "gptq_quantize_weight", "gptq_quantize_model", "hessian", "int4_linear_from_integers",
-           "calibration_ids", "LayerRunner", "rtn_reference"]
+__all__ = ["GPTQConfig", "gptq_quantize_weight", "gptq_quantize_model", "hessian", "inverse_hessian_factor",
+           "int4_linear_from_integers", "calibration_ids", "LayerRunner", "sequential_hessian_pass", "rtn_reference"]
