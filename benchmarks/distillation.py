@@ -1,0 +1,133 @@
+"""Distillation, compared honestly: one half-depth student trained three ways with the same budget.
+
+Method. Teacher: the bundled smollm2-135m (float32). Student: `build_student(teacher, "layers:15")`,
+15 of the 30 layers (evenly spaced, first and last kept), built afresh for each run. Each loss
+(hard-label CE, forward KL, reverse KL; temperature 1) trains it with the same steps, batch,
+sequence length, learning-rate schedule and seeded data order on the built-in corpus's train part,
+so all runs read the same tokens in the same order. The default budget (10 steps x 2 x 256 tokens,
+bf16 autocast) is what fits ~10 minutes per run on a shared 2-core CPU; raise --steps on a quiet one. Perplexity is `workbench.eval.perplexity` on the
+first `--eval-tokens` tokens of the evaluation part (never trained on), non-overlapping windows of
+`--eval-window`, in float32 (also when training used bf16 autocast). Decode speed: teacher and
+student alternated in `--rounds` rounds of `bench_decode` (batch 1, greedy, `--prompt-tokens`
+prompt, `--new-tokens` new tokens, one warm-up each), medians. Each run checkpoints to `--work-dir` every 5 steps;
+`--resume` continues unfinished runs. Rows go to `<out>.csv` atomically after each run; `<out>.json`
+holds the method, loss curves, evaluations, decode timings, generated samples and machine load.
+
+    .venv/bin/python benchmarks/distillation.py                    # full mode (the README's numbers)
+    .venv/bin/python benchmarks/distillation.py --steps 2 --eval-tokens 512 --out /tmp/distill_smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import platform
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import workbench
+from workbench.bench import bench_decode
+from workbench.distill import TrainConfig, build_student, distill, size_report, training_ids
+from workbench.engine import SamplingParams, generate
+from workbench.eval import builtin_text, perplexity
+from workbench.io import atomic_write_json, atomic_write_text
+
+SAMPLE_PROMPT = "The for statement in Python"
+
+
+def decode_speed(teacher, student, tokenizer, rounds: int, **sizes) -> dict:
+    """Batch-1 decode of teacher and student, alternated per round so machine noise hits both."""
+    runs = {"teacher": [], "student": []}
+    for name, model in (("teacher", teacher), ("student", student)):  # warm-up
+        bench_decode(model, tokenizer, repeats=1, warmup=0, **sizes)
+    for _ in range(rounds):
+        for name, model in (("teacher", teacher), ("student", student)):
+            runs[name].append(bench_decode(model, tokenizer, repeats=1, warmup=0, **sizes))
+    out = {}
+    for name, results in runs.items():
+        speeds = sorted(r["decode_tok_s"] for r in results)
+        out[name] = {"decode_tok_s": speeds[len(speeds) // 2], "runs_tok_s": speeds,
+                     "bytes_per_step": results[0]["bytes_per_step"], "gb_s": sorted(r["gb_s"] for r in results)[len(speeds) // 2]}
+    out["speedup"] = out["student"]["decode_tok_s"] / out["teacher"]["decode_tok_s"]
+    out["bytes_ratio"] = out["teacher"]["bytes_per_step"] / out["student"]["bytes_per_step"]
+    return out
+
+
+def sample(model, tokenizer) -> str:
+    return generate(model, tokenizer, SAMPLE_PROMPT, SamplingParams(max_tokens=40)).text
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--student", default="layers:15")
+    parser.add_argument("--losses", nargs="*", default=["ce", "kl", "rkl"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--autocast", default="bfloat16", help="bfloat16 or 'none' (float32 matmuls)")
+    parser.add_argument("--eval-tokens", type=int, default=2048)
+    parser.add_argument("--eval-window", type=int, default=1024)
+    parser.add_argument("--eval-every", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=3, help="decode-speed rounds (0: skip)")
+    parser.add_argument("--prompt-tokens", type=int, default=128, help="decode benchmark prompt")
+    parser.add_argument("--new-tokens", type=int, default=64, help="decode benchmark new tokens")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work-dir", default=os.path.expanduser("~/.cache/workbench/distill-runs"))
+    parser.add_argument("--resume", action="store_true", help="continue runs whose checkpoints are in --work-dir")
+    parser.add_argument("--out", default="data/results/distillation")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    teacher, tok = workbench.load_model(args.model)
+    train_ids = training_ids(tok)
+    eval_ids = tok.encode(builtin_text("evaluation"), add_special_tokens=False)[:args.eval_tokens]
+    teacher_ppl = perplexity(teacher, eval_ids, window=args.eval_window).ppl
+    report = {"method": __doc__, "command": "python " + " ".join(sys.argv), "settings": vars(args),
+              "date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": platform.processor(),
+              "torch": torch.__version__, "loadavg_start": os.getloadavg(), "teacher_ppl": teacher_ppl,
+              "teacher_size": size_report(teacher), "teacher_sample": sample(teacher, tok), "runs": {}}
+    rows = [{"student": "teacher", "loss": "", "steps": 0, "tokens": 0, "ppl": teacher_ppl,
+             "weight_bytes": teacher.weight_bytes()}]
+    print(f"teacher ppl {teacher_ppl:.3f} on {len(eval_ids)} evaluation tokens", flush=True)
+    for loss in args.losses:
+        student = build_student(teacher, args.student)
+        config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, loss=loss,
+                             lr=args.lr, warmup_steps=args.warmup, temperature=args.temperature, eval_every=args.eval_every,
+                             checkpoint_every=5, autocast=None if args.autocast == "none" else args.autocast)
+        run_dir = Path(args.work_dir) / f"{args.student.replace(':', '')}-{loss}"
+        resume = args.resume and (run_dir / "checkpoint.pt").is_file()
+        load = os.getloadavg()
+        result = distill(student, teacher, train_ids, config, eval_ids=eval_ids, eval_window=args.eval_window,
+                         checkpoint_dir=run_dir, resume=resume)
+        rows.append(result.row(student=args.student, weight_bytes=student.weight_bytes(), loadavg_1m=load[0],
+                               autocast=args.autocast))
+        report["runs"][loss] = {"row": rows[-1], "history": result.history, "evals": result.evals,
+                                "sample": sample(student, tok), "resumed": resume}
+        print(f"{loss:>4}: ppl {result.ppl_before:.1f} -> {result.ppl_after:.2f} after {result.steps} steps "
+              f"({result.tokens} tokens, {result.tokens_per_s:.1f} tok/s, {result.wall_s:.0f} s)", flush=True)
+        atomic_write_text(args.out + ".csv", pd.DataFrame(rows).to_csv(index=False))
+        atomic_write_json(args.out + ".json", report)
+    if args.rounds:
+        student = build_student(teacher, args.student)  # decode speed does not depend on the weights' values
+        report["decode"] = decode_speed(teacher, student, tok, args.rounds, prompt_tokens=args.prompt_tokens,
+                                        new_tokens=args.new_tokens)
+        report["student_size"] = size_report(student)
+        print(f"decode b1: teacher {report['decode']['teacher']['decode_tok_s']:.1f} tok/s, student "
+              f"{report['decode']['student']['decode_tok_s']:.1f} tok/s ({report['decode']['speedup']:.2f}x; "
+              f"bytes ratio {report['decode']['bytes_ratio']:.2f}x)", flush=True)
+    report["loadavg_end"] = os.getloadavg()
+    atomic_write_json(args.out + ".json", report)
+    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"))
+
+
+if __name__ == "__main__":
+    main()
