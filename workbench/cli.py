@@ -112,6 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--tolerance", type=float, default=1e-3)
     _model_args(p)
+
+    p = sub.add_parser("distill", help="train a student built from the model (the teacher) to imitate it")
+    p.add_argument("--student", required=True, help="layers:N, mlp:F, scratch:layers=L,hidden=D,... or A+B")
+    p.add_argument("--loss", default="kl", choices=["ce", "kl", "rkl", "mix"])
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run checkpointed in DIR")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="write checkpoints to DIR (atomically)")
+    p.add_argument("--checkpoint-every", type=int, default=10)
+    p.add_argument("--text-file", action="append", default=None, help="training text (default: built-in train part)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--alpha", type=float, default=0.5, help="hard-label weight of --loss mix")
+    p.add_argument("--autocast", default=None, choices=["bfloat16", "float16"], help="mixed-precision matmuls")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-tokens", type=int, default=4096, help="evaluation tokens for ppl_before/ppl_after")
+    p.add_argument("--eval-window", type=int, default=1024)
+    p.add_argument("--save", default=None, metavar="DIR", help="save the trained student (Hugging Face directory)")
+    p.add_argument("--results", default=None, metavar="CSV", help="append the run's row to this CSV")
+    _model_args(p)
     return parser
 
 
@@ -366,8 +388,43 @@ def cmd_verify(args):
     return 0 if result["passed"] else 1
 
 
+def cmd_distill(args):
+    from .distill import TrainConfig, append_results_row, build_student, distill, training_ids
+    from .errors import InvalidParameterError
+    from .eval import builtin_text
+
+    if args.quant:
+        raise InvalidParameterError("distill trains a float student from a float teacher; quantize the saved "
+                                    "student afterwards (workbench ppl --model DIR --quant SPEC)")
+    _positive("--eval-tokens", args.eval_tokens, 2)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                         seq_len=args.seq_len, loss=args.loss, temperature=args.temperature, alpha=args.alpha,
+                         lr=args.lr, seed=args.seed, autocast=args.autocast, checkpoint_every=args.checkpoint_every)
+    teacher, tokenizer = _load(args)
+    student = build_student(teacher, args.student, seed=args.seed)
+    train_ids = training_ids(tokenizer, args.text_file or "builtin")
+    eval_ids = tokenizer.encode(builtin_text("evaluation"), add_special_tokens=False)[:args.eval_tokens]
+    result = distill(student, teacher, train_ids, config, eval_ids=eval_ids, eval_window=args.eval_window,
+                     checkpoint_dir=args.resume or args.checkpoint_dir, resume=args.resume is not None,
+                     progress=not args.json)
+    if args.save:
+        from .checkpoints import save_pretrained
+
+        save_pretrained(student, args.save, tokenizer)
+    row = result.row(student=args.student, teacher=args.model)
+    if args.results:
+        append_results_row(args.results, row)
+    out = {"student": args.student, "loss": args.loss, "steps": result.steps, "tokens": result.tokens,
+           "ppl_before": result.ppl_before, "ppl_after": result.ppl_after, "wall_s": result.wall_s,
+           "tokens_per_s": result.tokens_per_s, "teacher": args.model, "parameters": student.num_parameters(),
+           "checkpoint_dir": args.resume or args.checkpoint_dir, "saved_to": args.save}
+    _emit(args, out, f"{args.student} ({args.loss}): ppl {result.ppl_before:.2f} -> {result.ppl_after:.2f} "
+                     f"after {result.steps} steps, {result.tokens} tokens, {result.tokens_per_s:.0f} tok/s")
+
+
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "ppl": cmd_ppl,
-            "bench": cmd_bench, "export": cmd_export, "quant": cmd_quant, "prune": cmd_prune, "verify": cmd_verify}
+            "bench": cmd_bench, "export": cmd_export, "quant": cmd_quant, "prune": cmd_prune, "verify": cmd_verify,
+            "distill": cmd_distill}
 
 
 def main(argv=None) -> int:
