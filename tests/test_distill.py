@@ -16,7 +16,7 @@ from workbench.config import ModelConfig
 from workbench.distill import (Blocks, HiddenProjection, TrainConfig, append_results_row, build_student,
                                distill, distillation_loss, evenly_spaced, forward_kl, hidden_mse, reverse_kl,
                                teacher_written_ids, training_ids)
-from workbench.errors import DistillationError, EmptyTextError, ResumeError
+from workbench.errors import DistillationError, EmptyTextError, InvalidParameterError, ResumeError
 from workbench.eval import builtin_text
 
 
@@ -124,6 +124,20 @@ def test_student_is_a_normal_model(teacher, tmp_path):
     assert torch.isfinite(loaded(ids)).all()
 
 
+def test_mlp_student_uses_structured_pruning(teacher, tmp_path):
+    from workbench.prune.structured import prune_mlp
+
+    model, tok = teacher
+    student = build_student(model, "layers:2+mlp:0.5", tokenizer=tok, calibration_tokens=64)
+    assert (student.config.num_hidden_layers, student.config.intermediate_size) == (2, 32)
+    assert model.config.intermediate_size == 64  # the teacher is untouched
+    expected = prune_mlp(build_student(model, "layers:2"), 0.5, tokenizer=tok, calibration_tokens=64)
+    ids = torch.tensor([[5, 17, 300, 2]])
+    assert torch.equal(student(ids), expected(ids))
+    workbench.save_pretrained(student, tmp_path / "s", tok)
+    assert torch.equal(workbench.load_model(tmp_path / "s")[0](ids), student(ids))
+
+
 def test_scratch_student(teacher):
     model, _ = teacher
     student = build_student(model, "scratch:layers=1,hidden=16,heads=2,kv=1,ffn=24")
@@ -133,10 +147,10 @@ def test_scratch_student(teacher):
 
 @pytest.mark.parametrize("spec,match", [("layers:9", "more layers than the teacher"), ("layers:0", "between 1"),
                                         ("depth:2", "bad student spec"), ("layers:x", "bad student spec"),
-                                        ("mlp:1.5", "must be in"), ("scratch:width=3", "unknown scratch key"),
+                                        ("mlp:1.5", "must be a number in"), ("scratch:width=3", "unknown scratch key"),
                                         ("layers:2+scratch:layers=1", "must come first")])
 def test_bad_student_specs(teacher, spec, match):
-    with pytest.raises(DistillationError, match=match):
+    with pytest.raises(InvalidParameterError, match=match):  # DistillationError, or PruningError for mlp:F
         build_student(teacher[0], spec)
 
 

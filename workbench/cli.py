@@ -401,7 +401,7 @@ def cmd_distill(args):
                          seq_len=args.seq_len, loss=args.loss, temperature=args.temperature, alpha=args.alpha,
                          lr=args.lr, seed=args.seed, autocast=args.autocast, checkpoint_every=args.checkpoint_every)
     teacher, tokenizer = _load(args)
-    student = build_student(teacher, args.student, seed=args.seed)
+    student = build_student(teacher, args.student, seed=args.seed, tokenizer=tokenizer)  # mlp:F ranks by activations
     train_ids = training_ids(tokenizer, args.text_file or "builtin")
     eval_ids = tokenizer.encode(builtin_text("evaluation"), add_special_tokens=False)[:args.eval_tokens]
     result = distill(student, teacher, train_ids, config, eval_ids=eval_ids, eval_window=args.eval_window,

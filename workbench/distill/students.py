@@ -52,14 +52,9 @@ def keep_layers(model: LlamaModel, indices: list[int]) -> LlamaModel:
 
 
 def prune_mlp_channels(model: LlamaModel, fraction: float, **prune_kwargs) -> LlamaModel:
-    """Structured MLP pruning from the pruning module (in place on a copy); its config follows."""
-    if not 0 <= fraction < 1:
-        raise DistillationError(f"mlp:F removes a fraction F of MLP channels: F must be in [0, 1), got {fraction}")
-    try:
-        from ..prune.structured import prune_mlp
-    except ImportError:
-        raise DistillationError("mlp:F needs structured pruning (workbench.prune.structured.prune_mlp), "
-                                "which this installation lacks; use layers:N or scratch:...") from None
+    """Structured MLP pruning (`workbench.prune.structured.prune_mlp`) on a copy; its config follows."""
+    from ..prune.structured import prune_mlp
+
     return prune_mlp(copy.deepcopy(model), fraction, **prune_kwargs)
 
 
@@ -101,7 +96,8 @@ def parse_spec(spec: str) -> list[tuple[str, object]]:
 def build_student(teacher: LlamaModel, spec: str, *, seed: int = 0, **prune_kwargs) -> LlamaModel:
     """A student for `teacher` from a spec (see the module docstring); the teacher is not changed.
 
-    `prune_kwargs` go to `prune_mlp` (for example calibration text, if the pruning method wants it).
+    `prune_kwargs` go to `prune_mlp`: with `tokenizer=` it ranks channels by their activations on the
+    built-in calibration text, without it by weight magnitude.
     """
     model = teacher
     for kind, value in parse_spec(spec):
