@@ -146,3 +146,14 @@ def test_static_batches_wait_for_the_slowest(tiny):
     engine.run()
     # batch 1 = requests 0 and 1 (6 steps, the second alone after step 2); then request 2 (2 steps)
     assert engine.stats.batch_sizes == [2, 2, 1, 1, 1, 1, 1, 1]
+
+
+def test_token_budget_without_chunking_is_checked_up_front(tiny):
+    model, _ = tiny
+    engine = Engine(model, config=EngineConfig(block_size=4, num_blocks=50, max_num_batched_tokens=16))
+    with pytest.raises(InvalidParameterError, match="chunked_prefill"):
+        engine.add_request(list(range(3, 15)), greedy(8))          # 20 positions > 16
+    chunked = Engine(model, config=EngineConfig(block_size=4, num_blocks=50, max_num_batched_tokens=16,
+                                                chunked_prefill=True))
+    (out,) = chunked.generate([list(range(3, 15))], greedy(8))
+    assert out.token_ids == alone(model, list(range(3, 15)), 8)

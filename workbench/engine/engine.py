@@ -138,6 +138,7 @@ class Engine:
         self._step_lock = threading.Lock()     # one step at a time
         self._inbox: deque[Sequence] = deque()  # added, not yet seen by the scheduler
         self._aborts: deque[str] = deque()
+        self.last_schedule: list[tuple[str, int]] = []  # (request id, tokens run) of the latest step
 
     def _num_blocks(self, model) -> int:
         if self.config.num_blocks is not None:
@@ -172,6 +173,11 @@ class Engine:
                                      f"engine's context of {self.max_model_len} tokens")
         if self.blocks.blocks_for(needed) > self.blocks.num_blocks:
             raise pool_too_small(self.blocks.num_blocks, self.config.block_size, needed)
+        if not self.config.chunked_prefill and needed > self.scheduler.max_num_batched_tokens:
+            # a preempted request is recomputed in one step: its prompt and output must fit the budget
+            raise InvalidParameterError(f"prompt of {len(ids)} tokens + max_tokens {params.max_tokens} exceeds "
+                                        f"max_num_batched_tokens {self.scheduler.max_num_batched_tokens}; "
+                                        f"raise it or enable chunked_prefill")
         sampler = Sampler(params, [ids], vocab, self.model.device)
         with self._live_lock:
             request_id = str(next(self._ids)) if request_id is None else str(request_id)
@@ -217,6 +223,7 @@ class Engine:
             self._take_inbox()
             now = clock()
             batch = self.scheduler.schedule(now, drain)
+            self.last_schedule = [(seq.request_id, n) for seq, n in batch]
             if not batch:
                 return []
             in_use = self.blocks.num_blocks - self.blocks.num_free

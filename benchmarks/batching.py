@@ -1,0 +1,92 @@
+"""The four batching policies on one seeded mixed-length workload, with one shared exactness reference.
+
+Method: `workbench.bench.batching.METHOD`. Policies run one after another on the same workload (same
+seed, arrivals, prompts and lengths); the one-at-a-time reference is decoded once. The targets
+(issue 6): continuous >= 2x sequential and >= 1.3x static output throughput, continuous p95 latency
+<= static's, paged KV waste < 5%. Writes data/results/batching.json and .csv atomically.
+
+    .venv/bin/python benchmarks/batching.py [--requests 32] [--rate 4] [--seed 0] [--min-output 16 --max-output 256]
+    .venv/bin/python benchmarks/batching.py --quick      # smoke run: writes batching_quick.*
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+
+import pandas as pd
+import torch
+
+import workbench
+from workbench.bench.batching import bench_batching, reference_outputs
+from workbench.engine import POLICIES, poisson_workload
+from workbench.io import atomic_write_json, atomic_write_text
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=4.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-prompt", type=int, default=16)
+    parser.add_argument("--max-prompt", type=int, default=128)
+    parser.add_argument("--min-output", type=int, default=16)
+    parser.add_argument("--max-output", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16, help="static/dynamic batch; continuous max sequences")
+    parser.add_argument("--max-wait", type=float, default=0.5, help="dynamic batching's wait (s)")
+    parser.add_argument("--policies", nargs="*", default=list(POLICIES))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default="data/results/batching")
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.min_output, args.max_output, args.batch_size = 6, 4, 16, 4
+        args.out += "_quick"
+    torch.set_num_threads(args.threads)
+    model, tok = workbench.load_model(args.model)
+    settings = dict(requests=args.requests, rate=args.rate, seed=args.seed,
+                    prompt_tokens=(args.min_prompt, args.max_prompt), output_tokens=(args.min_output, args.max_output),
+                    batch_size=args.batch_size, max_num_seqs=args.batch_size, max_wait_s=args.max_wait)
+    workload = poisson_workload(tok, args.requests, args.rate, args.seed, settings["prompt_tokens"],
+                                settings["output_tokens"])
+    print(f"reference: {len(workload)} requests decoded one at a time ...", file=sys.stderr, flush=True)
+    reference = reference_outputs(model, workload)
+    summaries, frames = {}, []
+    for policy in args.policies:
+        print(f"{policy} ...", file=sys.stderr, flush=True)
+        summaries[policy], df = bench_batching(model, tok, policy=policy, workload=workload, reference=reference,
+                                               **settings)
+        frames.append(df)
+        s = summaries[policy]
+        print(f"  {s['throughput_tok_s']:.1f} tok/s, TTFT p95 {s['ttft_p95_s']:.2f} s, latency p95 "
+              f"{s['latency_p95_s']:.2f} s, exact {s['outputs_match_reference']}, load {s['loadavg_end']}",
+              file=sys.stderr, flush=True)
+    tput = {p: s["throughput_tok_s"] for p, s in summaries.items()}
+    targets = {}
+    if {"continuous", "sequential", "static"} <= set(summaries):
+        c, st = summaries["continuous"], summaries["static"]
+        targets = {"continuous_over_sequential": tput["continuous"] / tput["sequential"],
+                   "continuous_over_static": tput["continuous"] / tput["static"],
+                   "p95_latency_continuous_over_static": c["latency_p95_s"] / st["latency_p95_s"],
+                   "paged_kv_waste_continuous": c["kv_waste_paged"],
+                   "contiguous_kv_waste_continuous": c["kv_waste_contiguous"]}
+        targets["met"] = {"2x_sequential": targets["continuous_over_sequential"] >= 2,
+                          "1.3x_static": targets["continuous_over_static"] >= 1.3,
+                          "p95_no_worse": targets["p95_latency_continuous_over_static"] <= 1,
+                          "waste_under_5pct": targets["paged_kv_waste_continuous"] < 0.05}
+    result = {"policies": summaries, "targets": targets, "settings": settings, "model": args.model,
+              "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(), "torch": torch.__version__}
+    atomic_write_json(args.out + ".json", result)
+    atomic_write_text(args.out + "_requests.csv", pd.concat(frames).to_csv(index=False))
+    table = pd.DataFrame(summaries).T.drop(columns=["method"])
+    atomic_write_text(args.out + ".csv", table.to_csv())
+    cols = ["throughput_tok_s", "ttft_p50_s", "ttft_p95_s", "latency_p95_s", "mean_batch", "kv_waste_paged",
+            "kv_waste_contiguous", "preemptions", "outputs_match_reference", "all_blocks_free"]
+    print(table[cols].to_markdown(floatfmt=".3f"))
+    print(targets)
+
+
+if __name__ == "__main__":
+    main()
