@@ -16,6 +16,11 @@ op time) within the round, so machine noise hits both alike. Threads: `--threads
 
     .venv/bin/python benchmarks/kernels.py                # writes data/results/kernels.json / .csv
     .venv/bin/python benchmarks/kernels.py --quick        # a smoke run (kernels_quick.*)
+    .venv/bin/python benchmarks/kernels.py --decode       # whole model per spec, kernels on/off (kernels_decode.*)
+
+`--decode` measures the whole model instead: `workbench.bench.decode_speed_table` (the same
+`bench_decode` as `workbench bench decode --quant SPEC`), every spec with our kernels and without
+them, alternated round by round.
 """
 
 from __future__ import annotations
@@ -142,6 +147,31 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+DECODE_SPECS = ["float32", "bfloat16", "int8", "int4-g32", "int4-g64", "int4-g128", "q8_0", "q4_0", "q4_1"]
+
+
+def decode(args):
+    from workbench.bench import decode_speed_table
+
+    start = list(os.getloadavg())
+    table = decode_speed_table(specs=args.specs, batch_sizes=(1,), kernels="both", threads=args.threads,
+                               prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                               repeats=args.rounds or 3)
+    result = {"benchmark": "kernels_decode", "settings": {k: v for k, v in vars(args).items() if k != "out_dir"},
+              "loadavg_start": start, "loadavg_end": list(os.getloadavg()), **table.attrs,
+              "rows": table.to_dict("records")}
+    stem = Path(args.out_dir) / "kernels_decode"
+    atomic_write_json(stem.with_suffix(".json"), result)
+    atomic_write_text(stem.with_suffix(".csv"), table.to_csv(index=False, float_format="%.4g"))
+    print(table.to_markdown(index=False, floatfmt=".2f") if _has_tabulate() else table.round(2).to_string())
+
+
+def _has_tabulate() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tabulate") is not None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="1 round, 2 shapes, short timings (kernels_quick.*)")
@@ -151,7 +181,13 @@ def main(argv=None):
     p.add_argument("--cold-mb", type=float, default=64.0, help="bytes of weight copies per op (2x the L3 cache)")
     p.add_argument("--shapes", nargs="+", default=None, choices=list(SHAPES))
     p.add_argument("--out-dir", default="data/results")
+    p.add_argument("--decode", action="store_true", help="whole-model decode per spec, kernels on and off")
+    p.add_argument("--specs", nargs="+", default=DECODE_SPECS, help="--decode: the specs")
+    p.add_argument("--prompt-tokens", type=int, default=64, help="--decode: prompt length")
+    p.add_argument("--new-tokens", type=int, default=32, help="--decode: tokens generated per run")
     args = p.parse_args(argv)
+    if args.decode:
+        return decode(args)
     args.rounds = args.rounds or (1 if args.quick else 5)
     args.min_ms = args.min_ms or (5.0 if args.quick else 50.0)
     args.shapes = args.shapes or (["q_proj/o_proj", "down_proj"] if args.quick else list(SHAPES))

@@ -30,6 +30,7 @@ from . import build
 MAX_ROWS = 4  # rows of x up to which float weights use the kernel; above, PyTorch's GEMM wins
 MAX_ROWS_QUANTIZED = 16  # packed weights: the kernel reads them once per 4 rows, still far ahead of dequantizing
 GGUF_TYPES = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2}
+_DENSE_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
 
 _enabled = True
 
@@ -67,42 +68,39 @@ def in_use(model: nn.Module) -> str | None:
     return build.load().backend()
 
 
-def _ops(x: torch.Tensor, *tensors: torch.Tensor, max_rows: int):
-    """The extension if it should run for input x, else None."""
-    if not _enabled or x.device.type != "cpu" or x.numel() > max_rows * x.shape[-1] or x.numel() == 0:
+def _ops(x: torch.Tensor, weight: torch.Tensor | None, max_rows: int):
+    """The extension if it should compute x's product (on, CPU, few rows, no autograd), else None.
+    Cheap checks only: this runs for every linear layer of every decode step."""
+    if not _enabled or not x.is_cpu or x.numel() > max_rows * x.shape[-1]:
         return None
-    if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in tensors)):
+    if torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)):
         return None
     return build.load()
-
-
-def _flat(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(-1, x.shape[-1]).contiguous()
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
                  max_rows: int = MAX_ROWS) -> torch.Tensor | None:
     """x @ weight.T (times a per-row `scale` for int8 weights) through the kernel, or None when it does not apply."""
-    ops = _ops(x, weight, max_rows=max_rows)
-    if ops is None or weight.dtype not in (torch.float32, torch.bfloat16, torch.int8) or not weight.is_contiguous():
+    ops = _ops(x, weight, max_rows)
+    if ops is None or weight.dtype not in _DENSE_DTYPES or not weight.is_contiguous():
         return None
-    return ops.dense(_flat(x), weight, scale).reshape(*x.shape[:-1], weight.shape[0])
+    return ops.dense(x, weight, scale)
 
 
 def int4_linear(x: torch.Tensor, packed, scale, zero_point, group_size: int) -> torch.Tensor | None:
     """`Int4WeightOnlyLinear`'s product through the kernel, or None when it does not apply."""
-    ops = _ops(x, max_rows=MAX_ROWS_QUANTIZED)
+    ops = _ops(x, None, MAX_ROWS_QUANTIZED)
     if ops is None or not packed.is_contiguous():
         return None
-    return ops.int4(_flat(x), packed, scale, zero_point, group_size, x.shape[-1]).reshape(*x.shape[:-1], -1)
+    return ops.int4(x, packed, scale, zero_point, group_size, x.shape[-1])
 
 
 def gguf_linear(x: torch.Tensor, raw: torch.Tensor, type_name: str) -> torch.Tensor | None:
     """`GGUFBlockLinear`'s product through the kernel, or None when it does not apply."""
-    ops = _ops(x, max_rows=MAX_ROWS_QUANTIZED)
+    ops = _ops(x, None, MAX_ROWS_QUANTIZED)
     if ops is None or type_name not in GGUF_TYPES or not raw.is_contiguous():
         return None
-    return ops.gguf(_flat(x), raw, GGUF_TYPES[type_name], x.shape[-1]).reshape(*x.shape[:-1], -1)
+    return ops.gguf(x, raw, GGUF_TYPES[type_name], x.shape[-1])
 
 
 class KernelLinear(nn.Linear):

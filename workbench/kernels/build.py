@@ -72,8 +72,10 @@ def _missing_tool() -> str | None:
 
 def load(verbose: bool = False):
     """The compiled extension module, building it on first use; None (with one warning) if impossible."""
-    if "module" in _state:
+    try:
         return _state["module"]
+    except KeyError:  # the first call: build or load
+        pass
     module, reason = None, None
     if disabled_by_env():
         reason = "switched off by WORKBENCH_KERNELS=0"

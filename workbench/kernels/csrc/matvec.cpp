@@ -95,11 +95,20 @@ static void parallel_rows(int64_t N, int64_t bytes_per_row, Fn fn) {
 
 static void check_x(const at::Tensor& x, int64_t K) {
   TORCH_CHECK(x.device().is_cpu(), "CPU kernels need CPU tensors");
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == K, "x must be (rows, ", K, "), got ", x.sizes());
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, "x must be (..., ", K, "), got ", x.sizes());
 }
 
-// x (M, K) float32/bfloat16/float16 -> float32 contiguous; the result goes back to x's dtype.
-static at::Tensor as_float(const at::Tensor& x) { return x.to(at::kFloat).contiguous(); }
+// x (..., K) float32/bfloat16/float16 -> float32 contiguous; the result goes back to x's dtype.
+static at::Tensor as_float(const at::Tensor& x) {
+  return x.scalar_type() == at::kFloat && x.is_contiguous() ? x : x.to(at::kFloat).contiguous();
+}
+
+// y of shape (..., N) for x of shape (..., K), float32 until `finish`.
+static at::Tensor new_output(const at::Tensor& x, int64_t N) {
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes.back() = N;
+  return at::empty(sizes, x.options().dtype(at::kFloat));
+}
 
 static at::Tensor finish(const at::Tensor& y, const at::Tensor& x) {
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
@@ -111,8 +120,8 @@ static at::Tensor dense(const at::Tensor& x_, const at::Tensor& w, const c10::op
   const int64_t N = w.size(0), K = w.size(1);
   check_x(x_, K);
   const at::Tensor x = as_float(x_);
-  const int64_t rows = x.size(0);
-  at::Tensor y = at::empty({rows, N}, x.options());
+  const int64_t rows = x.numel() / K;
+  at::Tensor y = new_output(x_, N);
   const float* scale = nullptr;
   at::Tensor scale_t;
   if (w.scalar_type() == at::kChar) {
@@ -158,29 +167,30 @@ static at::Tensor int4(const at::Tensor& x_, const at::Tensor& packed, const at:
               "int4 zero point must be a uint8 (out, groups) matrix");
   check_x(x_, K);
   const at::Tensor x = as_float(x_);
-  const int64_t rows = x.size(0);
+  const int64_t rows = x.numel() / K;
   // xr: x padded to Kp, each full 32-input chunk of a group reordered (even inputs, then odd);
   // xs: x summed per group.
-  at::Tensor xr = at::zeros({rows, Kp}, x.options()), xs = at::empty({rows, groups}, x.options());
+  at::Tensor xr = at::empty({rows, Kp}, x.options()), xs = at::empty({rows, groups}, x.options());
   const float* xp = x.data_ptr<float>();
-  float* xrp = xr.data_ptr<float>();
   float* xsp = xs.data_ptr<float>();
   for (int64_t m = 0; m < rows; ++m) {
+    float* xrp = xr.data_ptr<float>() + m * Kp;
+    std::copy(xp + m * K, xp + (m + 1) * K, xrp);
+    std::fill(xrp + K, xrp + Kp, 0.0f);  // the padded tail of the last group
     for (int64_t g = 0; g < groups; ++g) {
+      float* grp = xrp + g * G;
       float s = 0.0f;
-      for (int64_t j = 0; j < G; ++j) {
-        const int64_t k = g * G + j;
-        const float v = k < K ? xp[m * K + k] : 0.0f;
-        s += v;
-        const int64_t chunk = j / 32 * 32, i = j - chunk;
-        const bool reordered = chunk + 32 <= G;
-        const int64_t dst = reordered ? chunk + (i % 2) * 16 + i / 2 : j;
-        xrp[m * Kp + g * G + dst] = v;
-      }
+      for (int64_t j = 0; j < G; ++j) s += grp[j];
       xsp[m * groups + g] = s;
+      for (int64_t c = 0; c + 32 <= G; c += 32) {  // even inputs, then odd ones
+        float chunk[32];
+        for (int i = 0; i < 16; ++i) chunk[i] = grp[c + 2 * i], chunk[16 + i] = grp[c + 2 * i + 1];
+        std::copy(chunk, chunk + 32, grp + c);
+      }
     }
   }
-  at::Tensor y = at::empty({rows, N}, x.options());
+  float* xrp = xr.data_ptr<float>();
+  at::Tensor y = new_output(x_, N);
   for (int64_t m0 = 0; m0 < rows; m0 += 4) {
     const int M = (int)std::min<int64_t>(4, rows - m0);
     parallel_rows(N, Kp / 2, [&](int64_t n0, int64_t n1) {
@@ -201,9 +211,14 @@ static at::Tensor gguf(const at::Tensor& x_, const at::Tensor& raw, int64_t type
               " bytes do not hold ", K, " weights");
   check_x(x_, K);
   const at::Tensor x = as_float(x_);
-  const int64_t rows = x.size(0), N = raw.size(0), blocks = K / 32;
-  at::Tensor xs = x.reshape({rows, blocks, 32}).sum(-1).contiguous();  // x summed per block
-  at::Tensor y = at::empty({rows, N}, x.options());
+  const int64_t rows = x.numel() / K, N = raw.size(0), blocks = K / 32;
+  at::Tensor xs = at::empty({rows, blocks}, x.options());  // x summed per block
+  for (int64_t i = 0; i < rows * blocks; ++i) {
+    float s = 0.0f;
+    for (int j = 0; j < 32; ++j) s += x.data_ptr<float>()[i * 32 + j];
+    xs.data_ptr<float>()[i] = s;
+  }
+  at::Tensor y = new_output(x_, N);
   for (int64_t m0 = 0; m0 < rows; m0 += 4) {
     const int M = (int)std::min<int64_t>(4, rows - m0);
     parallel_rows(N, raw.size(1), [&](int64_t n0, int64_t n1) {

@@ -8,6 +8,17 @@
 //
 // No #include here: vec.h is already included, and this file is meant to be included repeatedly.
 
+// Hardware prefetchers lose track of the short rows of the small matrices (a 576-input int8 row is
+// 9 cache lines), so each tile asks for the bytes of a later tile, about PREFETCH_BYTES ahead.
+constexpr int64_t PREFETCH_BYTES = 8192;
+
+static inline void prefetch_rows(const void* base, int64_t row_bytes, int64_t n, int64_t R, int64_t n1) {
+  const int64_t ahead = (PREFETCH_BYTES + R * row_bytes - 1) / (R * row_bytes) * R;  // whole tiles
+  if (n + ahead + R > n1) return;
+  const char* p = (const char*)base + (n + ahead) * row_bytes;
+  for (int64_t b = 0; b < R * row_bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
+}
+
 // Rows per tile: fewer when more rows of x need their own accumulators.
 template <int M>
 struct Tile {
@@ -47,7 +58,10 @@ static void dense_rows(const T* w, const float* scale, const float* x, float* y,
                        int64_t n0, int64_t n1) {
   constexpr int R = Tile<M>::R;
   int64_t n = n0;
-  for (; n + R <= n1; n += R) dense_tile<T, M, R>(w, scale, x, y, N, K, n);
+  for (; n + R <= n1; n += R) {
+    prefetch_rows(w, K * (int64_t)sizeof(T), n, R, n1);
+    dense_tile<T, M, R>(w, scale, x, y, N, K, n);
+  }
   for (; n < n1; ++n) dense_tile<T, M, 1>(w, scale, x, y, N, K, n);
 }
 
@@ -68,6 +82,19 @@ static inline void nibble_chunk(const uint8_t* const* bytes, const float* xl, co
       for (int m = 0; m < M; ++m) acc[m][r] = V::fma(hi, vh[m], V::fma(lo, vl[m], acc[m][r]));
     }
   }
+}
+
+// sum_g scale_g * zero_g * xs_g over one row's groups (zero points are 4-bit: the low nibble).
+static inline float zero_term(const float* scale, const uint8_t* zero, const float* xs, int64_t groups) {
+  typename V::F acc = V::zero(), z, unused;
+  int64_t g = 0;
+  for (; g + V::W <= groups; g += V::W) {
+    V::nibbles(zero + g, z, unused);
+    acc = V::fma(V::load(scale + g), V::fma(z, V::load(xs + g), V::zero()), acc);
+  }
+  float out = V::sum(acc);
+  for (; g < groups; ++g) out += scale[g] * (float)zero[g] * xs[g];
+  return out;
 }
 
 // ---- int4 group-wise asymmetric (Int4WeightOnlyLinear): w = (q - zero) * scale per group of G ----
@@ -97,20 +124,20 @@ static inline void int4_tile(const uint8_t* packed, const float* scale, const ui
       nibble_chunk<M, R>(bytes, xr + base + j, xr + base + j + 16, Kp, gacc);
     }
     for (int r = 0; r < R; ++r) {
-      const float s = scale[(n + r) * groups + g], z = (float)zero[(n + r) * groups + g];
+      const float s = scale[(n + r) * groups + g];
       for (int m = 0; m < M; ++m) {
-        float tail = 0.0f;  // a group size that is not a multiple of 32: natural order here
-        for (int64_t t = j; t < G; t += 2) {
-          const uint8_t b = row[r][(base + t) / 2];
-          tail += (float)(b & 15) * xr[m * Kp + base + t] + (float)(b >> 4) * xr[m * Kp + base + t + 1];
-        }
         acc[m][r] = V::fma(gacc[m][r], V::set1(s), acc[m][r]);
-        extra[m][r] += s * (tail - z * xs[m * groups + g]);
+        for (int64_t t = j; t < G; t += 2) {  // a group size that is not a multiple of 32: natural order here
+          const uint8_t b = row[r][(base + t) / 2];
+          extra[m][r] += s * ((float)(b & 15) * xr[m * Kp + base + t] + (float)(b >> 4) * xr[m * Kp + base + t + 1]);
+        }
       }
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) y[m * N + n + r] = V::sum(acc[m][r]) + extra[m][r];
+    for (int m = 0; m < M; ++m)
+      y[m * N + n + r] = V::sum(acc[m][r]) + extra[m][r] -
+                         zero_term(scale + (n + r) * groups, zero + (n + r) * groups, xs + m * groups, groups);
 }
 
 template <int M>
@@ -118,7 +145,10 @@ static void int4_rows(const uint8_t* packed, const float* scale, const uint8_t* 
                       const float* xs, float* y, int64_t N, int64_t Kp, int64_t G, int64_t n0, int64_t n1) {
   constexpr int R = Tile<M>::R;
   int64_t n = n0;
-  for (; n + R <= n1; n += R) int4_tile<M, R>(packed, scale, zero, xr, xs, y, N, Kp, G, n);
+  for (; n + R <= n1; n += R) {
+    prefetch_rows(packed, Kp / 2, n, R, n1);
+    int4_tile<M, R>(packed, scale, zero, xr, xs, y, N, Kp, G, n);
+  }
   for (; n < n1; ++n) int4_tile<M, 1>(packed, scale, zero, xr, xs, y, N, Kp, G, n);
 }
 
@@ -177,7 +207,11 @@ static void gguf_rows(const uint8_t* raw, const float* x, const float* xs, float
                       int64_t n0, int64_t n1) {
   constexpr int R = Tile<M>::R;
   int64_t n = n0;
-  for (; n + R <= n1; n += R) gguf_tile<TYPE, M, R>(raw, x, xs, y, N, K, n);
+  constexpr int64_t block_bytes = TYPE == Q8_0 ? 34 : (TYPE == Q4_0 ? 18 : 20);
+  for (; n + R <= n1; n += R) {
+    prefetch_rows(raw, K / 32 * block_bytes, n, R, n1);
+    gguf_tile<TYPE, M, R>(raw, x, xs, y, N, K, n);
+  }
   for (; n < n1; ++n) gguf_tile<TYPE, M, 1>(raw, x, xs, y, N, K, n);
 }
 
