@@ -87,6 +87,33 @@ def test_gptq_model_replaces_decoder_linears(tiny):
         assert torch.isfinite(model(x)).all()
 
 
+def test_gptq_head_beats_rtn_head_on_its_inputs(tiny):
+    from workbench.quant.gptq import LayerRunner
+    from workbench.quant.linear import QuantizedEmbedding
+
+    model, tok = tiny
+    ids = calibration_ids(model, tok, _calib(model), 512, 128)
+    heads = {}
+    for method in ("gptq", "rtn"):
+        quantized = quantize_(copy.deepcopy(model), GPTQConfig(calibration_tokens=512, window=128, head_method=method),
+                              tokenizer=tok, calibration_text=_calib(model))
+        heads[method] = quantized.lm_head
+        assert isinstance(quantized.model.embed_tokens, QuantizedEmbedding)  # tied: one quantized copy
+        assert torch.equal(quantized.model.embed_tokens(ids[:1, :3])[0],
+                           quantized.lm_head.dequantized_weight()[ids[0, :3]])
+    gptq_only = quantize_(copy.deepcopy(model), GPTQConfig(calibration_tokens=512, window=128, include_head=False),
+                          tokenizer=tok, calibration_text=_calib(model))
+    runner = LayerRunner(gptq_only, ids)
+    for layer in gptq_only.model.layers:
+        runner.advance(layer)
+    x = gptq_only.model.norm(runner.hidden).reshape(-1, model.config.hidden_size)
+    w = model.lm_head.weight.detach()
+    errors = {m: _rel_err(x, w, head.dequantized_weight()) for m, head in heads.items()}
+    assert errors["gptq"] < errors["rtn"]
+    with pytest.raises(InvalidParameterError, match="head_method"):
+        GPTQConfig(head_method="awq")
+
+
 def test_awq_scaling_preserves_the_float_model(tiny):
     model = copy.deepcopy(tiny[0])
     x = torch.randint(0, 1000, (2, 24))
