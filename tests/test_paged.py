@@ -101,9 +101,9 @@ def test_paged_attention_equals_contiguous_for_mixed_segments(tiny):
     for seq, table, done in zip(seqs, tables, before):
         blocks.grow(table, len(seq))
         if done:
-            prefill = [(blocks.slots(table, 0, done), 0, done)]
+            prefill = [(table.blocks, 0, done)]
             model(torch.tensor([seq[:done]]), PagedKVCache(pool, prefill, "cpu"))
-        segments.append((blocks.slots(table, 0, len(seq)), done, len(seq) - done))
+        segments.append((table.blocks, done, len(seq) - done))
     ids = [t for seq, done in zip(seqs, before) for t in seq[done:]]
     paged = model(torch.tensor([ids]), PagedKVCache(pool, segments, "cpu"), last_only=True)[:, -1]
     alone = torch.cat([model(torch.tensor([s]), last_only=True)[:, -1] for s in seqs])

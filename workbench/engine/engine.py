@@ -232,7 +232,7 @@ class Engine:
             for seq, n in batch:
                 start = seq.table.num_computed
                 ids.extend(seq.token_ids[start:start + n])
-                segments.append((self.blocks.slots(seq.table, 0, start + n), start, n))
+                segments.append((seq.table.blocks, start, n))
             device = self.model.device
             view = PagedKVCache(self.pool, segments, device)
             logits = self.model(torch.tensor([ids], device=device), view, last_only=True)[:, -1]

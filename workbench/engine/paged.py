@@ -62,12 +62,19 @@ class BlockPool:
             store[layer].index_copy_(0, slots, q)
             scales[layer].index_copy_(0, slots, scale)
 
-    def read(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values at `slots` (any shape S...) -> (S..., kv_heads, head_dim) in the model dtype."""
+    def read(self, layer: int, block_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of whole blocks: block_ids (..., nb) -> (..., nb * block_size, kv_heads, head_dim).
+
+        Whole blocks are copied (block_size * kv_heads * head_dim contiguous values each), which is
+        much faster than gathering position by position; attention masks the unused tail.
+        """
+        def gather(store):
+            blocks = store[layer].view(self.num_blocks, -1)[block_ids.reshape(-1)]
+            return blocks.view(*block_ids.shape[:-1], -1, *store.shape[-2:])
         if self.k_scale is None:
-            return self.k[layer][slots], self.v[layer][slots]
-        return (dequantize_kv(self.k[layer][slots], self.k_scale[layer][slots], self.dtype),
-                dequantize_kv(self.v[layer][slots], self.v_scale[layer][slots], self.dtype))
+            return gather(self.k), gather(self.v)
+        return (dequantize_kv(gather(self.k), gather(self.k_scale), self.dtype),
+                dequantize_kv(gather(self.v), gather(self.v_scale), self.dtype))
 
 
 @dataclass
@@ -169,10 +176,6 @@ class BlockManager:
                 self.free[block_id] = None
         table.blocks, table.num_computed, table.num_hashed, table.last_hash = [], 0, 0, None
 
-    def slots(self, table: BlockTable, start: int, end: int) -> list[int]:
-        bs = self.block_size
-        return [table.blocks[p // bs] * bs + p % bs for p in range(start, end)]
-
     def usage(self, tables) -> tuple[int, int]:
         """(slots allocated, slots holding a computed position) over the blocks the tables use;
         a shared block counts once."""
@@ -187,19 +190,21 @@ class BlockManager:
 class PagedKVCache:
     """One forward pass over several sequences at different positions, tokens laid out flat.
 
-    `segments` lists, per sequence, (slots of its context positions 0..start+n-1, start, n): the n
-    new tokens sit at positions start..start+n-1 and are consecutive in `input_ids` (1, N). Sequences
-    adding one token (decoding) are attended together, padded to the longest context with a mask;
-    each longer segment (a prompt or a chunk of one) is attended alone, causally.
+    `segments` lists, per sequence, (its block table, start, n): the n new tokens sit at positions
+    start..start+n-1 and are consecutive in `input_ids` (1, N); the table covers positions up to
+    start+n-1. Sequences adding one token (decoding) are attended together, their block tables
+    padded to the longest with a mask; each longer segment (a prompt or a chunk of one) is attended
+    alone, causally.
     """
 
     def __init__(self, pool: BlockPool, segments: list[tuple[list[int], int, int]], device):
         self.pool = pool
+        bs = pool.block_size
         offsets, positions, new_slots, offset = [], [], [], 0
-        for slots, start, n in segments:
+        for blocks, start, n in segments:
             offsets.append(offset)
             positions.extend(range(start, start + n))
-            new_slots.extend(slots[start:start + n])
+            new_slots.extend(blocks[p // bs] * bs + p % bs for p in range(start, start + n))
             offset += n
         as_long = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
         self.positions = as_long(positions)[None]
@@ -207,18 +212,18 @@ class PagedKVCache:
         self.last_rows = as_long([o + n - 1 for o, (_, _, n) in zip(offsets, segments)])
         single = [i for i, (_, _, n) in enumerate(segments) if n == 1]
         self.single_rows = as_long([offsets[i] for i in single])
-        self.single_context = self.single_mask = None
+        self.single_blocks = self.single_mask = None
         if single:
-            longest = max(len(segments[i][0]) for i in single)
-            context = [segments[i][0] + [0] * (longest - len(segments[i][0])) for i in single]
-            self.single_context = as_long(context)
-            lengths = as_long([len(segments[i][0]) for i in single])
-            self.single_mask = (torch.arange(longest, device=device) < lengths[:, None])[:, None, None, :]
-        self.chunks = []  # (offset, n, context slots, mask)
-        for i, (slots, start, n) in enumerate(segments):
-            if n > 1:
-                mask = None if start == 0 else torch.ones(n, start + n, dtype=torch.bool, device=device).tril(start)
-                self.chunks.append((offsets[i], n, as_long(slots[:start + n]), mask))
+            widest = max(len(segments[i][0]) for i in single)
+            self.single_blocks = as_long([segments[i][0] + [0] * (widest - len(segments[i][0])) for i in single])
+            lengths = as_long([segments[i][1] + 1 for i in single])
+            self.single_mask = (torch.arange(widest * bs, device=device) < lengths[:, None])[:, None, None, :]
+        self.chunks = []  # (offset, n, block ids, mask)
+        for i, (blocks, start, n) in enumerate(segments):
+            if n > 1:  # query t (position start+t) sees keys 0..start+t
+                keys = torch.arange(len(blocks) * bs, device=device)
+                mask = keys[None, :] <= torch.arange(start, start + n, device=device)[:, None]
+                self.chunks.append((offsets[i], n, as_long(blocks), mask))
 
     def prepare(self, input_ids: torch.Tensor) -> torch.Tensor:
         if input_ids.shape != self.positions.shape:
@@ -231,13 +236,13 @@ class PagedKVCache:
         _, heads, N, hd = q.shape
         self.pool.write(layer, self.new_slots, k[0].transpose(0, 1), v[0].transpose(0, 1))
         out = q.new_empty(N, heads * hd)
-        if self.single_context is not None:
-            keys, values = self.pool.read(layer, self.single_context)       # (B, S, kv_heads, hd)
+        if self.single_blocks is not None:
+            keys, values = self.pool.read(layer, self.single_blocks)         # (B, S, kv_heads, hd)
             queries = q[0, :, self.single_rows].transpose(0, 1)[:, :, None]  # (B, heads, 1, hd)
             got = attention(queries, keys.transpose(1, 2), values.transpose(1, 2), self.single_mask)
             out[self.single_rows] = got[:, 0]
-        for offset, n, context, mask in self.chunks:
-            keys, values = self.pool.read(layer, context)                    # (S, kv_heads, hd)
+        for offset, n, blocks, mask in self.chunks:
+            keys, values = self.pool.read(layer, blocks)                     # (S, kv_heads, hd)
             got = attention(q[:, :, offset:offset + n], keys.transpose(0, 1)[None], values.transpose(0, 1)[None],
                             mask)
             out[offset:offset + n] = got[0]
