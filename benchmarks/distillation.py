@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import sys
 import platform
@@ -58,6 +59,22 @@ def decode_speed(teacher, student, tokenizer, rounds: int, **sizes) -> dict:
     return out
 
 
+def write_results(out: str, rows: list[dict], report: dict, merge: bool):
+    """Write <out>.csv and <out>.json atomically; with `merge`, keep the runs (and decode timings) that
+    earlier or parallel invocations of this command wrote and this one did not redo."""
+    csv, js = Path(out + ".csv"), Path(out + ".json")
+    if merge and csv.is_file() and js.is_file():
+        done = {row["loss"] for row in rows}
+        rows = rows[:1] + [r for r in pd.read_csv(csv, keep_default_na=False).to_dict("records")
+                           if r["student"] != "teacher" and r["loss"] not in done] + rows[1:]
+        old = json.loads(js.read_text())
+        report = {**report, "runs": {**{k: v for k, v in old["runs"].items() if k not in done}, **report["runs"]}}
+        if "decode" not in report and "decode" in old:
+            report.update(decode=old["decode"], student_size=old["student_size"])
+    atomic_write_text(csv, pd.DataFrame(rows).to_csv(index=False))
+    atomic_write_json(js, report)
+
+
 def sample(model, tokenizer) -> str:
     return generate(model, tokenizer, SAMPLE_PROMPT, SamplingParams(max_tokens=40)).text
 
@@ -82,7 +99,9 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=64, help="decode benchmark new tokens")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work-dir", default=os.path.expanduser("~/.cache/workbench/distill-runs"))
-    parser.add_argument("--resume", action="store_true", help="continue runs whose checkpoints are in --work-dir")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue runs whose checkpoints are in --work-dir, and keep the finished runs "
+                             "already in <out>.csv/.json (so losses may also run as parallel invocations)")
     parser.add_argument("--out", default="data/results/distillation")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -114,8 +133,7 @@ def main():
                                 "sample": sample(student, tok), "resumed": resume}
         print(f"{loss:>4}: ppl {result.ppl_before:.1f} -> {result.ppl_after:.2f} after {result.steps} steps "
               f"({result.tokens} tokens, {result.tokens_per_s:.1f} tok/s, {result.wall_s:.0f} s)", flush=True)
-        atomic_write_text(args.out + ".csv", pd.DataFrame(rows).to_csv(index=False))
-        atomic_write_json(args.out + ".json", report)
+        write_results(args.out, rows, report, args.resume)
     if args.rounds:
         student = build_student(teacher, args.student)  # decode speed does not depend on the weights' values
         report["decode"] = decode_speed(teacher, student, tok, args.rounds, prompt_tokens=args.prompt_tokens,
@@ -125,7 +143,7 @@ def main():
               f"{report['decode']['student']['decode_tok_s']:.1f} tok/s ({report['decode']['speedup']:.2f}x; "
               f"bytes ratio {report['decode']['bytes_ratio']:.2f}x)", flush=True)
     report["loadavg_end"] = os.getloadavg()
-    atomic_write_json(args.out + ".json", report)
+    write_results(args.out, rows, report, args.resume)
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f"))
 
 
