@@ -156,7 +156,7 @@ def decode(args):
     start = list(os.getloadavg())
     table = decode_speed_table(specs=args.specs, batch_sizes=(1,), kernels="both", threads=args.threads,
                                prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-                               repeats=args.rounds or 3)
+                               repeats=args.rounds or 3, clock=args.clock)
     result = {"benchmark": "kernels_decode", "settings": {k: v for k, v in vars(args).items() if k != "out_dir"},
               "loadavg_start": start, "loadavg_end": list(os.getloadavg()), **table.attrs,
               "rows": table.to_dict("records")}
@@ -185,6 +185,8 @@ def main(argv=None):
     p.add_argument("--specs", nargs="+", default=DECODE_SPECS, help="--decode: the specs")
     p.add_argument("--prompt-tokens", type=int, default=64, help="--decode: prompt length")
     p.add_argument("--new-tokens", type=int, default=32, help="--decode: tokens generated per run")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="--decode: wall seconds, or CPU seconds of the process (with --threads 1 on a crowded machine)")
     args = p.parse_args(argv)
     if args.decode:
         return decode(args)

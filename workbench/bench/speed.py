@@ -14,36 +14,41 @@ median read bandwidth of a 2-core machine like CI's, /work/shared/BASELINES.md).
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
 from .. import kernels as cpu_kernels
 from ..settings import pick
-from .timing import median
+from .timing import median, now
 from .decode import bench_decode
 from .quality import quantized_copy
 
 METHOD = __doc__
 TYPICAL_BANDWIDTH_GB_S = 38.0
+CLOCKS = {"wall": now, "cpu": time.process_time}
 
 
 def decode_speed_table(model="smollm2-135m", specs=("float32", "bfloat16", "int8", "int4-g32", "q4_1"),
                        batch_sizes=(1,), *, kernels="both", prompt_tokens: int | None = None,
                        new_tokens: int | None = None, repeats: int | None = None, threads: int | None = None,
-                       bandwidth_gb_s: float = TYPICAL_BANDWIDTH_GB_S, progress: bool = True):
+                       bandwidth_gb_s: float = TYPICAL_BANDWIDTH_GB_S, clock: str = "wall", progress: bool = True):
     """A DataFrame, one row per (spec, batch, kernels): decode_tok_s, prefill_tok_s, gb_s,
     bytes_per_step, ceiling_tok_s, ceiling_fraction (gb_s / bandwidth) and, with kernels="both",
     speedup (kernels on / off, same rounds). `model` is a name or path; `kernels`: True, False or
-    "both". Quick mode (WORKBENCH_QUICK=1) shortens prompts, generations and repeats."""
+    "both"; `clock="cpu"` times CPU seconds instead of wall seconds (use with threads=1 on a crowded
+    machine). Quick mode (WORKBENCH_QUICK=1) shortens prompts, generations and repeats."""
     import pandas as pd
     from tqdm.auto import tqdm
 
     from ..checkpoints import load_model
 
-    if kernels not in (True, False, "both"):
-        from ..errors import InvalidParameterError
+    from ..errors import InvalidParameterError
 
+    if kernels not in (True, False, "both"):
         raise InvalidParameterError(f"kernels must be True, False or 'both', got {kernels!r}")
+    if clock not in CLOCKS:
+        raise InvalidParameterError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
     modes = [True, False] if kernels == "both" else [bool(kernels)]
     prompt_tokens = prompt_tokens or pick(32, 512)
     new_tokens = new_tokens or pick(8, 128)
@@ -60,7 +65,7 @@ def decode_speed_table(model="smollm2-135m", specs=("float32", "bfloat16", "int8
                 for mode in modes:
                     with _kernels(mode):
                         r = bench_decode(variant, tokenizer, batch=batch, prompt_tokens=prompt_tokens,
-                                         new_tokens=new_tokens, repeats=1, warmup=0)
+                                         new_tokens=new_tokens, repeats=1, warmup=0, clock=CLOCKS[clock])
                     if i:
                         runs[mode].append(r)
             for mode in modes:
@@ -77,7 +82,7 @@ def decode_speed_table(model="smollm2-135m", specs=("float32", "bfloat16", "int8
                 rows.append(row)
         del variant
     table = pd.DataFrame(rows)
-    table.attrs.update(method=METHOD, threads=torch.get_num_threads(), prompt_tokens=prompt_tokens,
+    table.attrs.update(method=METHOD, clock=clock, threads=torch.get_num_threads(), prompt_tokens=prompt_tokens,
                        new_tokens=new_tokens, repeats=repeats, loadavg=list(os.getloadavg()))
     return table
 
