@@ -30,6 +30,7 @@ import datetime as dt
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -46,6 +47,7 @@ from workbench.quant.linear import GGUFBlockLinear, Int4WeightOnlyLinear, Int8We
 
 SHAPES = {"q_proj/o_proj": (576, 576), "k_proj/v_proj": (192, 576), "gate/up_proj": (1536, 576),
           "down_proj": (576, 1536), "lm_head": (49152, 576)}
+CLOCKS = {"wall": now, "cpu": time.process_time}  # cpu: CPU seconds of the process (with --threads 1)
 BANDWIDTH_GB_S = {"typical": 38.0, "quiet": 63.0}  # /work/shared/BASELINES.md: a C AVX-512 read loop, 2 threads
 
 
@@ -82,14 +84,14 @@ def make_ops(weight: torch.Tensor) -> dict:
     }
 
 
-def time_op(call, copies, x, min_s: float) -> float:
+def time_op(call, copies, x, min_s: float, clock=now) -> float:
     """Seconds per call, cycling through the copies until at least `min_s` has passed."""
-    n, start = 0, now()
+    n, start = 0, clock()
     while True:
         for state in copies:
             call(state, x)
         n += len(copies)
-        elapsed = now() - start
+        elapsed = clock() - start
         if elapsed >= min_s:
             return elapsed / n
 
@@ -108,7 +110,7 @@ def bench_shape(name, shape, args) -> list[dict]:
     times = {op: [] for op in ops}
     for _ in range(args.rounds):
         for op, (copies, call, _) in prepared.items():
-            times[op].append(time_op(call, copies, x, args.min_ms / 1e3))
+            times[op].append(time_op(call, copies, x, args.min_ms / 1e3, CLOCKS[args.clock]))
     base = times["F.linear fp32"]
     rows = []
     for op, (copies, _, nbytes) in prepared.items():
@@ -138,7 +140,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {op} | " + " | ".join(cells) + " |")
     m = result["machine"]
     lines.append("")
-    lines.append(f"Batch 1, {m['threads']} threads, kernels backend {m['backend']}, weights cycled through "
+    lines.append(f"Batch 1, {m['threads']} threads, {result['settings']['clock']} clock, kernels backend {m['backend']}, weights cycled through "
                  f">{result['settings']['cold_mb']} MB of copies (read from memory); medians of "
                  f"{result['settings']['rounds']} interleaved rounds; xN = speed-up over F.linear fp32 in the "
                  f"same rounds; load average {m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at end. "
@@ -186,7 +188,7 @@ def main(argv=None):
     p.add_argument("--prompt-tokens", type=int, default=64, help="--decode: prompt length")
     p.add_argument("--new-tokens", type=int, default=32, help="--decode: tokens generated per run")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="--decode: wall seconds, or CPU seconds of the process (with --threads 1 on a crowded machine)")
+                   help="wall seconds, or CPU seconds of the process (with --threads 1 on a crowded machine)")
     args = p.parse_args(argv)
     if args.decode:
         return decode(args)
