@@ -53,7 +53,7 @@ def test_every_policy_is_exact_and_frees_every_block(tiny, policy):
     summary, df = bench_batching(model, tok, policy=policy, requests=6, rate=200.0, seed=0, prompt_tokens=(3, 20),
                                  output_tokens=(2, 9), batch_size=3, max_num_seqs=3, max_wait_s=0.01, block_size=4)
     assert summary["outputs_match_reference"] and summary["all_blocks_free"]
-    assert list(df["output_tokens"]) == [r for r in df["output_tokens"]] and len(df) == 6
+    assert len(df) == 6 and (df["output_tokens"] >= 2).all()
     assert (df["ttft_s"] > 0).all() and (df["latency_s"] >= df["ttft_s"]).all()
     assert summary["kv_waste_paged"] < summary["kv_waste_contiguous"]
     if policy == "sequential":

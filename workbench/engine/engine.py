@@ -22,7 +22,7 @@ from typing import Iterator
 
 import torch
 
-from ..errors import CapacityError, ContextLengthError, InvalidParameterError
+from ..errors import ContextLengthError, InvalidParameterError
 from .batching import Policy
 from .generate import _prompt_ids, _TextTracker
 from .paged import BlockManager, BlockPool, PagedKVCache, pool_too_small
