@@ -13,6 +13,7 @@ they are, and a kernel that reads it:
 from __future__ import annotations
 
 import math
+import warnings
 
 import pandas as pd
 import torch
@@ -25,7 +26,9 @@ def tensor_storage(weight: torch.Tensor, nm: tuple[int, int] | None = None) -> d
     """Bytes of one weight in each format (dense, csr measured from a real CSR tensor, bitmask, N:M)."""
     w = weight.detach()
     size = w.element_size()
-    csr = w.to_sparse_csr()
+    with warnings.catch_warnings():  # torch calls its CSR support beta; only the layout's sizes are read here
+        warnings.simplefilter("ignore", UserWarning)
+        csr = w.to_sparse_csr()
     nnz = int(csr.values().numel())
     out = {"numel": w.numel(), "nonzeros": nnz, "dense": w.numel() * size,
            "csr": sum(t.numel() * t.element_size() for t in (csr.values(), csr.col_indices(), csr.crow_indices())),
@@ -63,7 +66,9 @@ def matmul_timing(weight: torch.Tensor, tokens: int = 1, repeats: int = 50) -> d
     from ..bench.timing import median, now
 
     x = torch.randn(tokens, weight.shape[1], dtype=weight.dtype, device=weight.device)
-    csr = weight.detach().to_sparse_csr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        csr = weight.detach().to_sparse_csr()
     dense_y, sparse_y = F.linear(x, weight), torch.sparse.mm(csr, x.T).T
     times = {"dense": [], "csr": []}
     for _ in range(repeats):
