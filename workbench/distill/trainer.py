@@ -202,8 +202,8 @@ def distill(student, teacher, train_ids: list[int], config: TrainConfig, *, eval
             for micro in range(config.grad_accum):
                 batch = blocks[step * config.grad_accum + micro].to(device)
                 inputs, targets = batch[:, :-1], batch[:, 1:]
-                for hooks in (student_hidden, teacher_hidden):
-                    hooks and hooks.take()  # drop states an evaluation pass left behind
+                if pairs:  # drop states that an evaluation pass left behind
+                    student_hidden.take(), teacher_hidden.take()
                 with autocast:
                     logits = student(inputs)
                     teacher_logits = None
