@@ -11,8 +11,9 @@ def test_corpus_parts_are_disjoint_and_cover_everything():
     ev, cal, full = builtin_text("evaluation"), builtin_text("calibration"), builtin_text("all")
     assert full == ev + "\n\n" + cal
     assert len(ev) > 100_000 and len(cal) > 100_000
-    with pytest.raises(InvalidParameterError):
-        builtin_text("train")
+    assert builtin_text("train") == cal  # distillation trains on text evaluation never sees
+    with pytest.raises(InvalidParameterError, match="evaluation"):
+        builtin_text("test")
 
 
 def test_window_method_counts_and_matches_direct_nll():
