@@ -12,7 +12,6 @@ seed, arrivals, prompts and lengths); the one-at-a-time reference is decoded onc
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 
 import pandas as pd
@@ -20,6 +19,7 @@ import torch
 
 import workbench
 from workbench.bench.batching import bench_batching, reference_outputs
+from workbench.bench.timing import run_info
 from workbench.engine import POLICIES, poisson_workload
 from workbench.io import atomic_write_json, atomic_write_text
 
@@ -77,7 +77,7 @@ def main():
                           "p95_no_worse": targets["p95_latency_continuous_over_static"] <= 1,
                           "waste_under_5pct": targets["paged_kv_waste_continuous"] < 0.05}
     result = {"policies": summaries, "targets": targets, "settings": settings, "model": args.model,
-              "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(), "torch": torch.__version__}
+              "run": run_info()}
     atomic_write_json(args.out + ".json", result)
     atomic_write_text(args.out + "_requests.csv", pd.concat(frames).to_csv(index=False))
     table = pd.DataFrame(summaries).T.drop(columns=["method"])

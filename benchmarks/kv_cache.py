@@ -12,15 +12,13 @@ Writes data/results/kv_cache.json and .csv atomically.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import sys
 
 import pandas as pd
 import torch
 
 import workbench
 from workbench.bench.kv import bench_kv, int8_kv_perplexity
+from workbench.bench.timing import run_info
 from workbench.io import atomic_write_json, atomic_write_text
 
 TARGET = 5.0
@@ -46,8 +44,7 @@ def main():
     result["int8_kv_perplexity"] = int8_kv_perplexity(model, tok, max_tokens=args.ppl_tokens,
                                                       window=min(1024, args.ppl_tokens))
     speedup = result["speedup_vs_none"]["contiguous"]
-    result.update(model=args.model, command=" ".join(sys.argv), date=datetime.date.today().isoformat(),
-                  machine={"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
+    result.update(model=args.model, run=run_info(),
                   target={"contiguous_over_none_at_256": TARGET, "measured": speedup,
                           "met": speedup >= TARGET if args.new_tokens == 256 else None})
     rows = [{"mode": m, **{k: v for k, v in r.items() if k != "seconds"}} for m, r in result["modes"].items()]

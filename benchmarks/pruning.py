@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import time
 
 import pandas as pd
@@ -30,7 +29,7 @@ import torch
 
 import workbench
 from workbench.bench import bench_decode
-from workbench.bench.timing import median
+from workbench.bench.timing import median, run_info
 from workbench.eval import builtin_text, perplexity
 from workbench.io import atomic_write_json, atomic_write_text
 from workbench.prune import parse_spec, prune_
@@ -73,8 +72,7 @@ def main():
     model, tok = workbench.load_model(args.model)
     ids = tok.encode(builtin_text("evaluation"), add_special_tokens=False)[:args.max_tokens]
     meta = {"method": __doc__, "model": args.model, "window": args.window, "max_tokens": args.max_tokens,
-            "threads": args.threads, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-            "recovery_steps": args.recovery_steps, "loadavg_start": os.getloadavg()}
+            "recovery_steps": args.recovery_steps, **run_info()}
     rows, models = [], {"dense": model}
 
     def save():

@@ -16,6 +16,7 @@ import torch
 import workbench
 from workbench.bench import quantization_table
 from workbench.bench.quality import METHOD
+from workbench.bench.timing import run_info
 from workbench.io import atomic_write_json, atomic_write_text
 from workbench.quant import SPECS
 
@@ -31,6 +32,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = workbench.load_model(args.model)
+    info = run_info()
 
     def save(rows):
         import pandas as pd
@@ -39,7 +41,7 @@ def main():
               f"({rows[-1]['quantize_s']:.0f} s to quantize)", flush=True)
         atomic_write_text(args.out + ".csv", pd.DataFrame(rows).to_csv(index=False))
         atomic_write_json(args.out + ".json", {"method": METHOD, "model": args.model, "window": args.window,
-                                               "max_tokens": args.max_tokens, "rows": rows})
+                                               "max_tokens": args.max_tokens, "run": info, "rows": rows})
 
     table = quantization_table(model, tok, args.specs, eval_tokens=args.max_tokens, window=args.window,
                                on_row=save, progress=False)

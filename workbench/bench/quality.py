@@ -50,7 +50,9 @@ def quantization_table(model, tokenizer, specs, *, eval_tokens: int = 4096, wind
     rows = []
     for spec in tqdm(list(specs), desc="quantize + perplexity", disable=not progress):
         start = time.perf_counter()
-        quantized = quantized_copy(model, spec, tokenizer, calibration_tokens)
+        # float32 is the reference itself: no copy, no second perplexity run
+        quantized = model if spec == "float32" and model.dtype == torch.float32 else \
+            quantized_copy(model, spec, tokenizer, calibration_tokens)
         quantize_s = time.perf_counter() - start
         ppl = reference if spec == "float32" else perplexity(quantized, ids, window=window).ppl
         rows.append({"spec": spec, "ppl": ppl, "ppl_vs_float32": ppl / reference - 1,

@@ -19,3 +19,18 @@ def peak_rss_mb() -> float:
 
 
 now = time.perf_counter
+
+
+def run_info() -> dict:
+    """What a results file records about the run: command, date, machine, threads and load at the start
+    (the machines are shared, so the load says how far to trust the timings)."""
+    import datetime
+    import os
+    import platform
+
+    import torch
+
+    return {"command": " ".join(sys.argv), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
