@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench import kernels, load_model
+from workbench.errors import InvalidParameterError
 from workbench.kernels import build
 from workbench.quant import quantize_
 from workbench.quant.linear import GGUFBlockLinear, Int4WeightOnlyLinear, Int8WeightOnlyLinear
@@ -50,6 +51,24 @@ def int4_magnitudes(layer: Int4WeightOnlyLinear) -> torch.Tensor:
     s = layer.scale.repeat_interleave(g, 1)
     z = layer.zero_point.float().repeat_interleave(g, 1)
     return ((q + z) * s)[:, :layer.in_features]
+
+
+def int8_rounded(x: torch.Tensor, padded_in: int) -> torch.Tensor:
+    """x as the int4 x int8 kernel sees it: rounded per block of 32 inputs to q * max|x| / 127."""
+    rows, K = x.shape
+    blocks = torch.nn.functional.pad(x.float(), (0, padded_in - K)).reshape(rows, -1, 32)
+    d = blocks.abs().amax(-1, keepdim=True) / 127
+    inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
+    q = torch.round(blocks * inv).clamp(-127, 127)
+    return (q * d).reshape(rows, -1)[:, :K]
+
+
+def layer_input(layer, x: torch.Tensor) -> torch.Tensor:
+    """What a layer's kernel route multiplies: x, or x rounded to int8 where int4 layers do that."""
+    if (isinstance(layer, Int4WeightOnlyLinear) and kernels.int4_activations() == "int8"
+            and build.load().int4_q8_fits(layer.group_size, layer.packed.shape[1] * 2)):
+        return int8_rounded(x, layer.packed.shape[1] * 2)
+    return x
 
 
 def gguf_magnitudes(layer: GGUFBlockLinear) -> torch.Tensor:
@@ -119,6 +138,60 @@ def test_int4_matches_float64(ops, each_backend, threads, shape, group_size):
     each_backend(body)
 
 
+# (out, in, group): a last unit of 64 inputs (576, 1088), padded rows (1000 -> 1024), groups of 32 to 256
+Q8_CASES = [(37, 576, 32), (37, 576, 64), (203, 1088, 32), (203, 1000, 128), (13, 1536, 256), (9, 128, 32)]
+
+
+@pytest.mark.parametrize("case", Q8_CASES, ids=lambda c: f"{c[0]}x{c[1]}g{c[2]}")
+@torch.inference_mode()
+def test_int4_with_int8_activations_matches_the_rounded_product(ops, each_backend, threads, case):
+    """VNNI (avx512 backend) and the portable loop (the others) against float64 on rounded activations."""
+    out, K, G = case
+    gen = torch.Generator().manual_seed(out + G)
+    layer = Int4WeightOnlyLinear(torch.randn(out, K, generator=gen), G)
+    Kp = layer.packed.shape[1] * 2
+    assert ops.int4_q8_fits(G, Kp)
+
+    def body(_):
+        for rows in (1, 2, 4, 5):
+            x = torch.randn(rows, K, generator=gen) * torch.rand(1, K, generator=gen) * 8  # uneven blocks
+            x[0, :40] = 0  # an all-zero block: scale 0, no division by it
+            y = ops.int4_q8(x, layer.packed, layer.scale, layer.zero_point, G, K)
+            check(y, layer.dequantized_weight(), int8_rounded(x, Kp), int4_magnitudes(layer))
+    each_backend(body)
+
+
+def test_int4_activation_modes_route_and_validate(ops):
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(3))
+    fits, ragged = Int4WeightOnlyLinear(w, 128), Int4WeightOnlyLinear(w[:, :96], 32)  # 96 inputs: no fit
+    x = torch.randn(1, 256, generator=torch.Generator().manual_seed(4))
+    try:
+        kernels.set_int4_activations("int8")
+        with torch.inference_mode():
+            check(fits(x), fits.dequantized_weight(), int8_rounded(x, 256), int4_magnitudes(fits))
+            check(ragged(x[:, :96]), ragged.dequantized_weight(), x[:, :96], int4_magnitudes(ragged))  # float kernel
+        kernels.set_int4_activations("float")
+        with torch.inference_mode():
+            check(fits(x), fits.dequantized_weight(), x, int4_magnitudes(fits))
+        with pytest.raises(InvalidParameterError, match="int4 activations"):
+            kernels.set_int4_activations("int2")
+    finally:
+        kernels.set_int4_activations(None)
+    assert kernels.int4_activations() == ("int8" if ops.has_vnni() else "float")
+    with pytest.raises(RuntimeError, match="group size"):
+        ops.int4_q8(x[:, :96], ragged.packed, ragged.scale, ragged.zero_point, 32, 96)
+
+
+def test_int4_activations_from_the_environment(monkeypatch):
+    monkeypatch.setattr(kernels, "_int4_activations", None)
+    monkeypatch.setenv("WORKBENCH_INT4_ACTIVATIONS", "float")
+    assert kernels.int4_activations() == "float"
+    monkeypatch.setattr(kernels, "_int4_activations", None)
+    monkeypatch.setenv("WORKBENCH_INT4_ACTIVATIONS", "int3")
+    with pytest.raises(InvalidParameterError, match="WORKBENCH_INT4_ACTIVATIONS"):
+        kernels.int4_activations()
+
+
 @pytest.mark.parametrize("type_name", ["Q8_0", "Q4_0", "Q4_1"])
 @torch.inference_mode()
 def test_gguf_blocks_match_float64(ops, each_backend, threads, type_name):
@@ -149,7 +222,7 @@ def test_real_weights(ops, model_and_tokenizer, threads):
                        (lambda: GGUFBlockLinear(w, "Q4_1"), gguf_magnitudes),
                        (lambda: GGUFBlockLinear(w, "Q8_0"), gguf_magnitudes)):
         q = make()
-        check(q(x), q.dequantized_weight(), x, mags(q))  # through the layer's forward (the kernel route)
+        check(q(x), q.dequantized_weight(), layer_input(q, x), mags(q))  # through the layer's forward (kernel route)
 
 
 @torch.inference_mode()
@@ -162,7 +235,7 @@ def test_layers_route_small_batches_to_kernels_and_large_ones_to_pytorch(ops):
         assert torch.equal(layer(large), large_ref)  # above the row limit: the PyTorch path, bit for bit
         out = layer(small)
         assert out.shape == small_ref.shape and not torch.equal(out, small_ref)  # another summation order
-        check(out.reshape(1, -1), layer.dequantized_weight(), small.reshape(1, -1),
+        check(out.reshape(1, -1), layer.dequantized_weight(), layer_input(layer, small.reshape(1, -1)),
               int4_magnitudes(layer) if isinstance(layer, Int4WeightOnlyLinear) else
               gguf_magnitudes(layer) if isinstance(layer, GGUFBlockLinear) else None)
 

@@ -11,6 +11,12 @@ Where they apply (all on CPU, inference only, a few rows of x):
   swaps each bias-free float `nn.Linear` for a `KernelLinear` sharing the same weight tensor;
 * the packed layers of `workbench.quant` (int8, int4, Q8_0/Q4_0/Q4_1) use them on their own.
 
+One exception to float activations, like llama.cpp's 4-bit dot products: int4 layers round the
+activation row to int8 per block of 32 inputs (scale max|x| / 127) and multiply on integer dot
+products (AVX-512 VNNI), which is what lets 4-bit weights decode faster than 8-bit ones. It is on
+where the CPU has VNNI; `set_int4_activations("float")` or `WORKBENCH_INT4_ACTIVATIONS=float` keeps
+them float32 (exact weight-only), "int8" forces the rounding everywhere (a portable loop without VNNI).
+
 Anything else (more rows, autograd, another device or dtype, kernels unavailable or switched off
 with `set_enabled(False)` / `WORKBENCH_KERNELS=0`) takes the PyTorch path, which computes the same
 product. The first use compiles the extension (see `build.py`); without a compiler you get one
@@ -19,12 +25,14 @@ warning and the PyTorch path, never an error.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidParameterError
 from . import build
 
 MAX_ROWS = 4  # rows of x up to which float weights use the kernel; above, PyTorch's GEMM wins
@@ -33,6 +41,8 @@ GGUF_TYPES = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2}
 _DENSE_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
 
 _enabled = True
+INT4_ACTIVATIONS = ("int8", "float")
+_int4_activations: str | None = None  # None: not chosen yet (the environment, else int8 where the CPU has VNNI)
 
 
 def set_enabled(flag: bool):
@@ -52,13 +62,35 @@ def disabled():
         _enabled = before
 
 
+def set_int4_activations(mode: str | None):
+    """How int4 layers treat activations on the kernel path: "int8" (rounded per block of 32, integer
+    dot products), "float" (exact weight-only), or None (the default: int8 where the CPU has VNNI)."""
+    global _int4_activations
+    if mode is not None and mode not in INT4_ACTIVATIONS:
+        raise InvalidParameterError(f"int4 activations must be one of {INT4_ACTIVATIONS} or None, got {mode!r}")
+    _int4_activations = mode
+
+
+def int4_activations() -> str:
+    """The mode int4 layers use now: "int8" or "float" (see `set_int4_activations`)."""
+    global _int4_activations
+    if _int4_activations is None:  # resolved once: this runs for every int4 layer of every decode step
+        mode = os.environ.get("WORKBENCH_INT4_ACTIVATIONS", "").lower()
+        if mode and mode not in INT4_ACTIVATIONS:
+            raise InvalidParameterError(
+                f"WORKBENCH_INT4_ACTIVATIONS must be one of {INT4_ACTIVATIONS}, got {mode!r}")
+        ops = build.load() if not mode else None
+        _int4_activations = mode or ("int8" if ops is not None and ops.has_vnni() else "float")
+    return _int4_activations
+
+
 def available() -> bool:
     """True when the kernels are switched on and built (building them now if needed)."""
     return _enabled and build.load() is not None
 
 
 def status() -> dict:
-    return {"enabled": _enabled, **build.status()}
+    return {"enabled": _enabled, **build.status(), "int4_activations": int4_activations()}
 
 
 def in_use(model: nn.Module) -> str | None:
@@ -92,6 +124,8 @@ def int4_linear(x: torch.Tensor, packed, scale, zero_point, group_size: int) -> 
     ops = _ops(x, None, MAX_ROWS_QUANTIZED)
     if ops is None or not packed.is_contiguous():
         return None
+    if int4_activations() == "int8" and ops.int4_q8_fits(group_size, packed.shape[-1] * 2):
+        return ops.int4_q8(x, packed, scale, zero_point, group_size, x.shape[-1])
     return ops.int4(x, packed, scale, zero_point, group_size, x.shape[-1])
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = ("matvec.cpp", "matvec_body.h", "vec.h")
+SOURCES = ("matvec.cpp", "matvec_body.h", "vec.h", "int4_q8.h")
 CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"]  # instruction sets: per function, see vec.h
 LDFLAGS = ["-fopenmp"]
 CSRC = Path(__file__).with_name("csrc")

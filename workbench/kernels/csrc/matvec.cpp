@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,8 @@ using V = VecAVX512;
 #pragma GCC pop_options
 #endif
 
+#include "int4_q8.h"
+
 enum Backend { SCALAR = 0, AVX2 = 1, AVX512 = 2 };
 static const char* BACKEND_NAMES[] = {"scalar", "avx2", "avx512"};
 
@@ -47,6 +50,17 @@ static std::vector<std::string> supported_backends() {
   return out;
 }
 
+// AVX-512 VNNI (integer dot products of bytes): the int4 x int8 kernel's fast path.
+static bool has_vnni() {
+#ifdef WB_X86
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+
 static int best_backend() {
   const std::string best = supported_backends().back();
   for (int b = 0; b < 3; ++b)
@@ -55,6 +69,7 @@ static int best_backend() {
 }
 
 static int g_backend = best_backend();
+static const bool has_vnni_cached = has_vnni();
 
 static std::string get_backend() { return BACKEND_NAMES[g_backend]; }
 
@@ -201,6 +216,56 @@ static at::Tensor int4(const at::Tensor& x_, const at::Tensor& packed, const at:
   return finish(y, x_);
 }
 
+// Int4WeightOnlyLinear with x rounded to int8 per block of 32 inputs (int4_q8.h): integer dot
+// products on the AVX-512 backend when the CPU has VNNI, the portable loop otherwise.
+static at::Tensor int4_q8(const at::Tensor& x_, const at::Tensor& packed, const at::Tensor& scale_,
+                          const at::Tensor& zero_, int64_t G, int64_t K) {
+  const at::Tensor scale = scale_.contiguous(), zero = zero_.contiguous();
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 2 && packed.is_contiguous(),
+              "packed int4 weights must be a contiguous uint8 matrix");
+  const int64_t N = packed.size(0), Kp = packed.size(1) * 2;
+  TORCH_CHECK(G >= 2 && G % 2 == 0 && Kp % G == 0 && K <= Kp && Kp - K < G, "int4 group size ", G,
+              " does not fit packed rows of ", Kp, " inputs for ", K, " features");
+  TORCH_CHECK(q8::fits(G, Kp), "the int8-activation int4 kernel needs a group size that is a multiple of 32 and "
+              "divides 128 or is a multiple of it, and rows padded to a multiple of 64 inputs (got group size ",
+              G, ", ", Kp, " inputs)");
+  const int64_t groups = Kp / G;
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.numel() == N * groups,
+              "int4 scale must be a float32 (out, groups) matrix");
+  TORCH_CHECK(zero.scalar_type() == at::kByte && zero.numel() == N * groups,
+              "int4 zero point must be a uint8 (out, groups) matrix");
+  check_x(x_, K);
+  const at::Tensor x = as_float(x_);
+  const int64_t rows = x.numel() / K;
+  // one scratch buffer: lane scales and group sums (floats), then the int8 activations
+  at::Tensor scratch = at::empty({rows * (Kp / q8::LANE + groups + Kp / 4)}, x.options());
+  float* lane_scale = scratch.data_ptr<float>();
+  float* xsum = lane_scale + rows * (Kp / q8::LANE);
+  int8_t* xq = (int8_t*)(xsum + rows * groups);
+  for (int64_t m = 0; m < rows; ++m)
+    q8::quantize_row(x.data_ptr<float>() + m * K, K, Kp, G, xq + m * Kp, lane_scale + m * (Kp / q8::LANE),
+                     xsum + m * groups);
+  const bool vnni = g_backend == AVX512 && has_vnni_cached;
+  at::Tensor y = new_output(x_, N);
+  for (int64_t m0 = 0; m0 < rows; m0 += 4) {
+    const int M = (int)std::min<int64_t>(4, rows - m0);
+    const int8_t* xp = xq + m0 * Kp;
+    const float* lp = lane_scale + m0 * (Kp / q8::LANE);
+    const float* sp = xsum + m0 * groups;
+    float* yp = y.data_ptr<float>() + m0 * N;
+    parallel_rows(N, Kp / 2, [&](int64_t n0, int64_t n1) {
+#ifdef WB_X86
+      if (vnni)
+        return q8_vnni::rows(packed.data_ptr<uint8_t>(), scale.data_ptr<float>(), zero.data_ptr<uint8_t>(), xp, lp,
+                             sp, yp, M, N, Kp, G, n0, n1);
+#endif
+      q8::rows_scalar(packed.data_ptr<uint8_t>(), scale.data_ptr<float>(), zero.data_ptr<uint8_t>(), xp, lp, sp, yp,
+                      M, N, Kp, G, n0, n1);
+    });
+  }
+  return finish(y, x_);
+}
+
 // GGUFBlockLinear: raw (N, K/32 * block bytes) uint8; type 0 = Q8_0, 1 = Q4_0, 2 = Q4_1.
 static at::Tensor gguf(const at::Tensor& x_, const at::Tensor& raw, int64_t type, int64_t K) {
   TORCH_CHECK(type >= 0 && type <= 2, "GGUF block type id must be 0 (Q8_0), 1 (Q4_0) or 2 (Q4_1)");
@@ -235,6 +300,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("w"), py::arg("scale") = py::none());
   m.def("int4", &int4, "Int4WeightOnlyLinear's product", py::arg("x"), py::arg("packed"), py::arg("scale"),
         py::arg("zero"), py::arg("group_size"), py::arg("in_features"));
+  m.def("int4_q8", &int4_q8, "Int4WeightOnlyLinear's product with x rounded to int8 per block of 32",
+        py::arg("x"), py::arg("packed"), py::arg("scale"), py::arg("zero"), py::arg("group_size"),
+        py::arg("in_features"));
+  m.def("int4_q8_fits", &q8::fits, "whether int4_q8 covers this group size and padded row length",
+        py::arg("group_size"), py::arg("padded_in_features"));
+  m.def("has_vnni", &has_vnni, "whether int4_q8 runs on integer dot products (AVX-512 VNNI) here");
   m.def("gguf", &gguf, "GGUFBlockLinear's product", py::arg("x"), py::arg("raw"), py::arg("type"),
         py::arg("in_features"));
   m.def("backend", &get_backend, "the instruction set in use");
