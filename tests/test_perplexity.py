@@ -36,6 +36,9 @@ def test_window_method_counts_and_matches_direct_nll():
     assert overlapping.predictions == 49  # every token after the first, scored once
     batched = perplexity(model, ids, window=16, batch_size=3)
     assert batched.ppl == pytest.approx(r.ppl, rel=1e-5)
+    for chunk in (1, 5):  # through the KV cache a few tokens at a time: the same predictions
+        decoded = perplexity(model, ids, window=16, batch_size=2, chunk_tokens=chunk)
+        assert decoded.predictions == n and decoded.ppl == pytest.approx(r.ppl, rel=1e-4)
 
 
 def test_real_model_perplexity_on_builtin_text(model_and_tokenizer):
@@ -53,3 +56,5 @@ def test_bad_perplexity_input(model_and_tokenizer):
         perplexity(model, "some text here", tok, window=8, stride=9)
     with pytest.raises(InvalidParameterError):
         perplexity(model, "some text here", tok, window=100_000)
+    with pytest.raises(InvalidParameterError, match="chunk_tokens"):
+        perplexity(model, "some text here", tok, chunk_tokens=0)

@@ -26,6 +26,9 @@ def _model_args(p: argparse.ArgumentParser):
                    help="prune the weights first, before any --quant (see `workbench prune list`)")
     p.add_argument("--kernels", choices=["on", "off"], default="on",
                    help="our CPU kernels for decode-sized products (default on; off: PyTorch's operators only)")
+    p.add_argument("--int4-activations", choices=["auto", "int8", "float"], default="auto",
+                   help="int4 kernels: round activations to int8 per 32 inputs (integer dot products) or keep "
+                        "them float (default auto: int8 where the CPU has AVX-512 VNNI)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -63,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=1024)
     p.add_argument("--stride", type=int, default=None, help="default: the window (non-overlapping)")
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--chunk-tokens", type=int, default=None,
+                   help="feed windows through the KV cache N tokens at a time (the decode path and its kernels)")
     _model_args(p)
 
     p = sub.add_parser("bench", help="benchmarks")
@@ -155,6 +160,7 @@ def _load(args):
     from . import kernels
 
     kernels.set_enabled(args.kernels == "on")
+    kernels.set_int4_activations(None if args.int4_activations == "auto" else args.int4_activations)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, kernels=args.kernels == "on")
     if getattr(args, "prune", None):  # before --quant: pruning reads float weights, int8/int4 keep its zeros
         from .prune import prune_
@@ -247,9 +253,9 @@ def cmd_ppl(args):
     text = load_text(args.text_file) if args.text_file else builtin_text("evaluation")
     model, tokenizer = _load(args)
     r = perplexity(model, text, tokenizer, window=args.window, stride=args.stride, max_tokens=args.max_tokens,
-                   batch_size=args.batch_size, progress=not args.json)
+                   batch_size=args.batch_size, chunk_tokens=args.chunk_tokens, progress=not args.json)
     result = {"ppl": r.ppl, "tokens": r.tokens, "predictions": r.predictions, "window": r.window,
-              "stride": r.stride, "nll": r.nll, "text": args.text_file or "built-in evaluation part",
+              "stride": r.stride, "chunk_tokens": args.chunk_tokens, "nll": r.nll, "text": args.text_file or "built-in evaluation part",
               "model": args.model, "dtype": args.dtype, "quant": args.quant, "prune": args.prune}
     _emit(args, result, f"perplexity {r.ppl:.4f} over {r.predictions} predictions "
                         f"({r.tokens} tokens, window {r.window}, stride {r.stride})")

@@ -29,6 +29,18 @@ def decode_bytes_per_step(model) -> int:
     return total
 
 
+def decode_bytes_by_part(model) -> dict:
+    """`decode_bytes_per_step` split into attention, mlp, head (the output head: the tied embedding
+    matrix when tied) and other (norms), in whatever format each part is stored."""
+    from ..model import weight_bytes
+
+    layers = model.model.layers
+    parts = {"attention": sum(weight_bytes(layer.self_attn) for layer in layers),
+             "mlp": sum(weight_bytes(layer.mlp) for layer in layers), "head": weight_bytes(model.lm_head)}
+    parts["other"] = decode_bytes_per_step(model) - sum(parts.values())
+    return parts
+
+
 def benchmark_prompts(tokenizer, batch: int, prompt_tokens: int) -> list[list[int]]:
     ids = tokenizer.encode(builtin_text("evaluation"), add_special_tokens=False)
     if batch * prompt_tokens > len(ids):
@@ -67,6 +79,7 @@ def bench_decode(model, tokenizer, *, batch: int = 1, prompt_tokens: int = 512, 
     return {
         "engine": "workbench",
         "kernels": kernels.in_use(model) or "off",  # our CPU kernels' instruction set, or PyTorch's operators
+        "int4_activations": kernels.int4_activations() if kernels.in_use(model) else None,  # int4 layers only
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
         "threads": torch.get_num_threads(),

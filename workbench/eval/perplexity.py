@@ -26,7 +26,8 @@ class PerplexityResult:
 
 @torch.inference_mode()
 def perplexity(model, text_or_ids, tokenizer=None, *, window: int = 1024, stride: int | None = None,
-               max_tokens: int | None = None, batch_size: int = 1, progress: bool = False) -> PerplexityResult:
+               max_tokens: int | None = None, batch_size: int = 1, chunk_tokens: int | None = None,
+               progress: bool = False) -> PerplexityResult:
     """exp(mean NLL) of the text's tokens, each predicted from the tokens before it in its window.
 
     Method: the text is tokenized without special tokens and cut to its first `max_tokens`.
@@ -37,14 +38,19 @@ def perplexity(model, text_or_ids, tokenizer=None, *, window: int = 1024, stride
     - stride < window: overlapping windows; the first window scores all its tokens after the
       first, each later one only its last `stride` tokens, so every token is scored once with up
       to window - stride tokens of extra context.
-    Logits are computed in float32 for the loss. No KV cache is involved: each window is one
-    forward pass, batched `batch_size` windows at a time when they have equal length.
+    Logits are computed in float32 for the loss. Each window is one forward pass without a KV
+    cache, batched `batch_size` windows at a time when they have equal length. With `chunk_tokens`,
+    a window is fed through a KV cache that many tokens at a time instead: the decode path, where
+    few rows per product send every layer to the CPU decode kernels (up to 4 rows for float
+    weights, 16 for packed ones), so this scores what generation really computes.
     """
     stride = stride or window
     if window < 2:
         raise InvalidParameterError(f"window must be at least 2 tokens, got {window}")
     if not 1 <= stride <= window:
         raise InvalidParameterError(f"stride must be between 1 and window ({window}), got {stride}")
+    if chunk_tokens is not None and chunk_tokens < 1:
+        raise InvalidParameterError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
     if window > model.config.max_position_embeddings:
         raise InvalidParameterError(f"window {window} exceeds the model's context of "
                                     f"{model.config.max_position_embeddings} tokens")
@@ -79,7 +85,12 @@ def perplexity(model, text_or_ids, tokenizer=None, *, window: int = 1024, stride
         iterator = tqdm(groups, desc="perplexity", unit="batch")
     for group in iterator:
         batch = torch.stack([data[s:e] for s, e, _ in group]).to(model.device)
-        logits = model(batch).float()
+        if chunk_tokens:
+            cache = model.new_cache(batch.shape[0], batch.shape[1])
+            logits = torch.cat([model(batch[:, i:i + chunk_tokens], cache).float()
+                                for i in range(0, batch.shape[1], chunk_tokens)], dim=1)
+        else:
+            logits = model(batch).float()
         for row, (s, e, skip) in enumerate(group):
             targets = batch[row, 1 + skip:]
             nll = F.cross_entropy(logits[row, skip:-1], targets, reduction="sum")
