@@ -328,3 +328,23 @@ def test_switched_off_by_environment(monkeypatch):
     monkeypatch.setattr(build, "_state", {})
     monkeypatch.setenv("WORKBENCH_KERNELS", "0")
     assert build.load() is None and "WORKBENCH_KERNELS" in build.status()["reason"]
+
+
+@torch.inference_mode()
+def test_enable_moves_large_weights_to_huge_pages_and_keeps_values_and_ties(ops):
+    from workbench.kernels.memory import HUGE_PAGE, move_weights_to_huge_pages
+
+    model, _ = load_model("smollm2-135m")
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    head = model.lm_head.weight
+    moved = move_weights_to_huge_pages(model)
+    import sys
+    if not sys.platform.startswith("linux"):
+        assert moved == 0
+        return
+    assert moved >= head.numel() * 4  # the tied head/embedding, once
+    assert model.lm_head.weight is model.model.embed_tokens.weight is head  # same Parameter, new memory
+    assert head.data_ptr() % HUGE_PAGE == 0
+    assert all(torch.equal(t, before[n]) for n, t in model.state_dict().items())
+    int4 = quantize_(load_model("tiny-random")[0], "int4-g32")
+    move_weights_to_huge_pages(int4)  # small tensors stay where they are

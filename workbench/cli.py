@@ -170,6 +170,8 @@ def _load(args):
         from .quant import quantize_
 
         quantize_(model, args.quant, tokenizer=tokenizer)  # calibrated specs read the built-in text
+    if args.kernels == "on" and (getattr(args, "prune", None) or getattr(args, "quant", None)):
+        kernels.enable(model)  # the new layers' weights: kernels and huge pages too
     return model, tokenizer
 
 

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..errors import InvalidParameterError
 from . import build
+from .memory import move_weights_to_huge_pages
 
 MAX_ROWS = 4  # rows of x up to which float weights use the kernel; above, PyTorch's GEMM wins
 MAX_ROWS_QUANTIZED = 16  # packed weights: the kernel reads them once per 4 rows, still far ahead of dequantizing
@@ -163,10 +164,13 @@ class KernelLinear(nn.Linear):
 def enable(model: nn.Module) -> nn.Module:
     """Swap every bias-free float32/bfloat16 `nn.Linear` of `model` for a `KernelLinear`, in place.
 
-    Packed quantized layers need no swap (they call the kernels themselves). Returns the model.
-    Building the kernels happens here, once, so that the first token is not the one that waits.
+    Packed quantized layers need no swap (they call the kernels themselves). Large weights move
+    into huge pages (`memory.py`: streamed faster); call `enable` again after quantizing or pruning
+    so that the new tensors move too. Returns the model. Building the kernels happens here, once, so
+    that the first token is not the one that waits.
     """
     build.load()
+    move_weights_to_huge_pages(model)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if (type(child) is nn.Linear and child.bias is None
