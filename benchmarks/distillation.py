@@ -8,7 +8,8 @@ so all runs read the same tokens in the same order. The default budget (10 steps
 bf16 autocast) is what fits ~10 minutes per run on a shared 2-core CPU; raise --steps on a quiet one. Perplexity is `workbench.eval.perplexity` on the
 first `--eval-tokens` tokens of the evaluation part (never trained on), non-overlapping windows of
 `--eval-window`, in float32 (also when training used bf16 autocast). Decode speed: teacher and
-student alternated in `--rounds` rounds of `bench_decode` (batch 1, greedy, `--prompt-tokens`
+student on our CPU kernels (`--kernels off`: PyTorch's operators), alternated in `--rounds` rounds
+of `bench_decode` (batch 1, greedy, `--prompt-tokens`
 prompt, `--new-tokens` new tokens, one warm-up each), medians. Each run checkpoints to `--work-dir` every 5 steps;
 `--resume` continues unfinished runs. Rows go to `<out>.csv` atomically after each run; `<out>.json`
 holds the method, loss curves, evaluations, decode timings, generated samples and machine load.
@@ -32,6 +33,7 @@ import pandas as pd
 import torch
 
 import workbench
+from workbench import kernels
 from workbench.bench import bench_decode
 from workbench.distill import TrainConfig, build_student, distill, size_report, training_ids
 from workbench.engine import SamplingParams, generate
@@ -98,6 +100,8 @@ def main():
     parser.add_argument("--prompt-tokens", type=int, default=128, help="decode benchmark prompt")
     parser.add_argument("--new-tokens", type=int, default=64, help="decode benchmark new tokens")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kernels", choices=["on", "off"], default="on",
+                        help="decode speed on our CPU kernels (default, as the CLI) or PyTorch's operators")
     parser.add_argument("--work-dir", default=os.path.expanduser("~/.cache/workbench/distill-runs"))
     parser.add_argument("--resume", action="store_true",
                         help="continue runs whose checkpoints are in --work-dir, and keep the finished runs "
@@ -136,6 +140,8 @@ def main():
         write_results(args.out, rows, report, args.resume)
     if args.rounds:
         student = build_student(teacher, args.student)  # decode speed does not depend on the weights' values
+        if args.kernels == "on":
+            kernels.enable(teacher), kernels.enable(student)
         report["decode"] = decode_speed(teacher, student, tok, args.rounds, prompt_tokens=args.prompt_tokens,
                                         new_tokens=args.new_tokens)
         report["student_size"] = size_report(student)

@@ -8,8 +8,9 @@ built-in evaluation part, non-overlapping windows of `--window` (as benchmarks/q
 pruned copy for `--recovery-steps` steps (`workbench.prune.recovery.recover`, masks kept) first.
 bytes = `weight_bytes` of the model as stored (dense tensors, zeros included); csr_bytes and
 nm_bytes = what a CSR or N:M-compressed layout of the decoder matrices would take (storage.py).
-Speed: `bench_decode` at batch 1 (greedy, `--prompt-tokens` prompt, `--new-tokens` new tokens) on the
-dense model and every speed spec, alternated round by round in one process (`--rounds` rounds after
+Speed: `bench_decode` at batch 1 on our CPU kernels (`--kernels off`: PyTorch's operators; greedy,
+`--prompt-tokens` prompt, `--new-tokens` new tokens) on the dense model and every speed spec,
+alternated round by round in one process (`--rounds` rounds after
 one warm-up round), medians; speedup = pruned / dense decode tok/s of the same run. Speed specs are
 measured first, then perplexity for every spec (speed specs included). Rows are written
 atomically after each spec, so an interrupted run keeps what it finished.
@@ -28,6 +29,7 @@ import pandas as pd
 import torch
 
 import workbench
+from workbench import kernels
 from workbench.bench import bench_decode
 from workbench.bench.timing import median, run_info
 from workbench.eval import builtin_text, perplexity
@@ -65,6 +67,8 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kernels", choices=["on", "off"], default="on",
+                        help="decode on our CPU kernels (default, as the CLI) or PyTorch's operators")
     parser.add_argument("--out", default="data/results/pruning")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -105,6 +109,9 @@ def main():
     # Decode speed first (the pruned models are at hand), interleaved: every round times every model
     # once, so load changes hit all of them alike.
     speed = {name: [] for name in models}
+    for m in models.values():
+        if args.kernels == "on":
+            kernels.enable(m)
     for round_ in range(args.rounds + 1):
         for name, m in models.items():
             r = bench_decode(m, tok, batch=1, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
@@ -117,6 +124,7 @@ def main():
     for name, v in speed_rows.items():
         print(f"{name:<22} decode {v['tok_s']:6.1f} tok/s  x{v['speedup']:.2f}", flush=True)
     meta.update(speed_method=f"bench_decode batch 1, prompt {args.prompt_tokens}, new {args.new_tokens}, "
+                             f"kernels {kernels.in_use(model) or 'off'}, "
                              f"{args.rounds} alternated rounds after 1 warm-up, medians", loadavg_after_speed=os.getloadavg())
     del models
     rows[0].update(speed_rows["dense"])
