@@ -76,7 +76,11 @@ class Int8WeightOnlyLinear(QuantizedLinear):
 
 class Int4WeightOnlyLinear(QuantizedLinear):
     """4-bit weights, asymmetric per group of `group_size` inputs, packed two per byte:
-    w = (q - zero_point) * scale; byte j of a row holds input 2j (low nibble) and 2j+1 (high)."""
+    w = (q - zero_point) * scale; byte j of a row holds input 2j (low nibble) and 2j+1 (high).
+
+    At decode sizes the kernel rounds x to int8 per block of 32 inputs where the CPU has AVX-512
+    VNNI (integer dot products; see `workbench.kernels.set_int4_activations`); larger batches and
+    the PyTorch path multiply float x by the dequantized weight."""
 
     uses_kernels = True
 

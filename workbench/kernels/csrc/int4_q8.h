@@ -103,6 +103,17 @@ static inline __m512 weight_scales(const float* srow, int64_t u0, int64_t G, __m
   return _mm512_permutexvar_ps(spread, _mm512_maskz_loadu_ps(groups, srow + u0 / G));
 }
 
+// zero_term, 16 groups at a time (a row of a groups-of-32 matrix has 18 to 48 groups)
+static inline float zero_term16(const float* scale, const uint8_t* zero, const float* xsum, int64_t groups) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; g += 16) {
+    const __mmask16 k = groups - g >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (groups - g)) - 1);
+    const __m512 z = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, zero + g)));
+    acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, scale + g), z), _mm512_maskz_loadu_ps(k, xsum + g), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
 template <int M, int R>
 static inline void tile(const uint8_t* packed, const float* scale, const uint8_t* zero, const int8_t* xq,
                         const float* lane_scale, const float* xsum, float* y, int64_t N, int64_t Kp, int64_t G,
@@ -154,7 +165,7 @@ static inline void tile(const uint8_t* packed, const float* scale, const uint8_t
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m)
       y[m * N + n + r] = _mm512_reduce_add_ps(acc[m][r]) -
-                         zero_term(scale + (n + r) * groups, zero + (n + r) * groups, xsum + m * groups, groups);
+                         zero_term16(scale + (n + r) * groups, zero + (n + r) * groups, xsum + m * groups, groups);
 }
 
 template <int M>
