@@ -166,10 +166,10 @@ static at::Tensor dense(const at::Tensor& x_, const at::Tensor& w, const c10::op
   return finish(y, x_);
 }
 
-// Int4WeightOnlyLinear: packed (N, Kp/2) uint8, scale (N, Kp/G) float32, zero (N, Kp/G) uint8.
-static at::Tensor int4(const at::Tensor& x_, const at::Tensor& packed, const at::Tensor& scale_,
-                       const at::Tensor& zero_, int64_t G, int64_t K) {
-  const at::Tensor scale = scale_.contiguous(), zero = zero_.contiguous();
+// Int4WeightOnlyLinear's tensors: packed (N, Kp/2) uint8, scale (N, Kp/G) float32, zero (N, Kp/G)
+// uint8. Returns Kp, the inputs per packed row (K padded to whole groups).
+static int64_t check_int4(const at::Tensor& packed, const at::Tensor& scale, const at::Tensor& zero, int64_t G,
+                          int64_t K) {
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 2 && packed.is_contiguous(),
               "packed int4 weights must be a contiguous uint8 matrix");
   const int64_t N = packed.size(0), Kp = packed.size(1) * 2;
@@ -180,6 +180,13 @@ static at::Tensor int4(const at::Tensor& x_, const at::Tensor& packed, const at:
               "int4 scale must be a float32 (out, groups) matrix");
   TORCH_CHECK(zero.scalar_type() == at::kByte && zero.numel() == N * groups,
               "int4 zero point must be a uint8 (out, groups) matrix");
+  return Kp;
+}
+
+static at::Tensor int4(const at::Tensor& x_, const at::Tensor& packed, const at::Tensor& scale_,
+                       const at::Tensor& zero_, int64_t G, int64_t K) {
+  const at::Tensor scale = scale_.contiguous(), zero = zero_.contiguous();
+  const int64_t Kp = check_int4(packed, scale, zero, G, K), N = packed.size(0), groups = Kp / G;
   check_x(x_, K);
   const at::Tensor x = as_float(x_);
   const int64_t rows = x.numel() / K;
@@ -221,19 +228,10 @@ static at::Tensor int4(const at::Tensor& x_, const at::Tensor& packed, const at:
 static at::Tensor int4_q8(const at::Tensor& x_, const at::Tensor& packed, const at::Tensor& scale_,
                           const at::Tensor& zero_, int64_t G, int64_t K) {
   const at::Tensor scale = scale_.contiguous(), zero = zero_.contiguous();
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 2 && packed.is_contiguous(),
-              "packed int4 weights must be a contiguous uint8 matrix");
-  const int64_t N = packed.size(0), Kp = packed.size(1) * 2;
-  TORCH_CHECK(G >= 2 && G % 2 == 0 && Kp % G == 0 && K <= Kp && Kp - K < G, "int4 group size ", G,
-              " does not fit packed rows of ", Kp, " inputs for ", K, " features");
+  const int64_t Kp = check_int4(packed, scale, zero, G, K), N = packed.size(0), groups = Kp / G;
   TORCH_CHECK(q8::fits(G, Kp), "the int8-activation int4 kernel needs a group size that is a multiple of 32 and "
               "divides 128 or is a multiple of it, and rows padded to a multiple of 64 inputs (got group size ",
               G, ", ", Kp, " inputs)");
-  const int64_t groups = Kp / G;
-  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.numel() == N * groups,
-              "int4 scale must be a float32 (out, groups) matrix");
-  TORCH_CHECK(zero.scalar_type() == at::kByte && zero.numel() == N * groups,
-              "int4 zero point must be a uint8 (out, groups) matrix");
   check_x(x_, K);
   const at::Tensor x = as_float(x_);
   const int64_t rows = x.numel() / K;
