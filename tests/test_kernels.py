@@ -165,18 +165,13 @@ def test_int4_activation_modes_route_and_validate(ops):
     w = torch.randn(64, 256, generator=torch.Generator().manual_seed(3))
     fits, ragged = Int4WeightOnlyLinear(w, 128), Int4WeightOnlyLinear(w[:, :96], 32)  # 96 inputs: no fit
     x = torch.randn(1, 256, generator=torch.Generator().manual_seed(4))
-    try:
-        kernels.set_int4_activations("int8")
-        with torch.inference_mode():
-            check(fits(x), fits.dequantized_weight(), int8_rounded(x, 256), int4_magnitudes(fits))
-            check(ragged(x[:, :96]), ragged.dequantized_weight(), x[:, :96], int4_magnitudes(ragged))  # float kernel
-        kernels.set_int4_activations("float")
-        with torch.inference_mode():
-            check(fits(x), fits.dequantized_weight(), x, int4_magnitudes(fits))
-        with pytest.raises(InvalidParameterError, match="int4 activations"):
-            kernels.set_int4_activations("int2")
-    finally:
-        kernels.set_int4_activations(None)
+    with torch.inference_mode(), kernels.using_int4_activations("int8"):
+        check(fits(x), fits.dequantized_weight(), int8_rounded(x, 256), int4_magnitudes(fits))
+        check(ragged(x[:, :96]), ragged.dequantized_weight(), x[:, :96], int4_magnitudes(ragged))  # float kernel
+    with torch.inference_mode(), kernels.using_int4_activations("float"):
+        check(fits(x), fits.dequantized_weight(), x, int4_magnitudes(fits))
+    with pytest.raises(InvalidParameterError, match="int4 activations"):
+        kernels.set_int4_activations("int2")
     assert kernels.int4_activations() == ("int8" if ops.has_vnni() else "float")
     with pytest.raises(RuntimeError, match="group size"):
         ops.int4_q8(x[:, :96], ragged.packed, ragged.scale, ragged.zero_point, 32, 96)

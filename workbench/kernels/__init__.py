@@ -72,6 +72,18 @@ def set_int4_activations(mode: str | None):
     _int4_activations = mode
 
 
+@contextmanager
+def using_int4_activations(mode: str | None):
+    """`with kernels.using_int4_activations("float"):` runs int4 layers in `mode`, then restores the previous one."""
+    global _int4_activations
+    before = _int4_activations
+    set_int4_activations(mode)
+    try:
+        yield
+    finally:
+        _int4_activations = before
+
+
 def int4_activations() -> str:
     """The mode int4 layers use now: "int8" or "float" (see `set_int4_activations`)."""
     global _int4_activations
