@@ -26,7 +26,6 @@ import json
 import os
 import sys
 import platform
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -141,7 +140,8 @@ def main():
     if args.rounds:
         student = build_student(teacher, args.student)  # decode speed does not depend on the weights' values
         if args.kernels == "on":
-            kernels.enable(teacher), kernels.enable(student)
+            kernels.enable(teacher)
+            kernels.enable(student)
         report["decode"] = decode_speed(teacher, student, tok, args.rounds, prompt_tokens=args.prompt_tokens,
                                         new_tokens=args.new_tokens)
         report["student_size"] = size_report(student)

@@ -109,8 +109,8 @@ def main():
     # Decode speed first (the pruned models are at hand), interleaved: every round times every model
     # once, so load changes hit all of them alike.
     speed = {name: [] for name in models}
-    for m in models.values():
-        if args.kernels == "on":
+    if args.kernels == "on":
+        for m in models.values():
             kernels.enable(m)
     for round_ in range(args.rounds + 1):
         for name, m in models.items():

@@ -8,6 +8,7 @@ nibble, scale, group or row (each of which moves the result by percents).
 """
 
 import copy
+import sys
 import warnings
 
 import pytest
@@ -333,7 +334,6 @@ def test_enable_moves_large_weights_to_huge_pages_and_keeps_values_and_ties(ops)
     before = {n: t.clone() for n, t in model.state_dict().items()}
     head = model.lm_head.weight
     moved = move_weights_to_huge_pages(model)
-    import sys
     if not sys.platform.startswith("linux"):
         assert moved == 0
         return
@@ -341,5 +341,9 @@ def test_enable_moves_large_weights_to_huge_pages_and_keeps_values_and_ties(ops)
     assert model.lm_head.weight is model.model.embed_tokens.weight is head  # same Parameter, new memory
     assert head.data_ptr() % HUGE_PAGE == 0
     assert all(torch.equal(t, before[n]) for n, t in model.state_dict().items())
-    int4 = quantize_(load_model("tiny-random")[0], "int4-g32")
-    move_weights_to_huge_pages(int4)  # small tensors stay where they are
+    assert move_weights_to_huge_pages(model) == 0 and head.data_ptr() % HUGE_PAGE == 0  # moved once, not again
+    tiny = load_model("tiny-random")[0]
+    small = [t.data_ptr() for t in tiny.state_dict().values() if t.numel() * t.element_size() < HUGE_PAGE]
+    move_weights_to_huge_pages(tiny)
+    assert small == [t.data_ptr() for t in tiny.state_dict().values()
+                     if t.numel() * t.element_size() < HUGE_PAGE]  # tensors under a huge page stay put

@@ -76,10 +76,11 @@ def bench_decode(model, tokenizer, *, batch: int = 1, prompt_tokens: int = 512, 
     decode_s = median(r[1] for r in runs)
     steps_per_s = (new_tokens - 1) / decode_s
     step_bytes = decode_bytes_per_step(model)
+    backend = kernels.in_use(model)
     return {
         "engine": "workbench",
-        "kernels": kernels.in_use(model) or "off",  # our CPU kernels' instruction set, or PyTorch's operators
-        "int4_activations": kernels.int4_activations() if kernels.in_use(model) else None,  # int4 layers only
+        "kernels": backend or "off",  # our CPU kernels' instruction set, or PyTorch's operators
+        "int4_activations": kernels.int4_activations() if backend else None,  # int4 layers only
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
         "threads": torch.get_num_threads(),

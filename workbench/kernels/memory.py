@@ -44,6 +44,8 @@ def huge_page_copy(t: torch.Tensor) -> torch.Tensor | None:
     nbytes = t.numel() * t.element_size()
     if not madvise or t.device.type != "cpu" or nbytes < MIN_BYTES:
         return None
+    if t.data_ptr() % HUGE_PAGE == 0 and t.is_contiguous():
+        return None  # moved by an earlier call (enable runs again after quantizing): no second copy
     buffer = torch.empty(nbytes + HUGE_PAGE, dtype=torch.uint8)  # fresh pages, not touched yet
     offset = -buffer.data_ptr() % HUGE_PAGE
     if madvise(buffer.data_ptr() + offset, nbytes // 4096 * 4096, MADV_HUGEPAGE) != 0:
@@ -55,7 +57,7 @@ def huge_page_copy(t: torch.Tensor) -> torch.Tensor | None:
 
 def move_weights_to_huge_pages(model: nn.Module) -> int:
     """Copy every large parameter and buffer of `model` into huge-page memory, in place (tied tensors
-    stay tied: a shared tensor is moved once). Returns the bytes moved."""
+    stay tied: a shared tensor is moved once; tensors already moved stay). Returns the bytes moved."""
     moved, done = 0, {}
     for module in model.modules():
         for store in (module._parameters, module._buffers):
