@@ -139,8 +139,10 @@ def test_int4_matches_float64(ops, each_backend, threads, shape, group_size):
     each_backend(body)
 
 
-# (out, in, group): a last unit of 64 inputs (576, 1088), padded rows (1000 -> 1024), groups of 32 to 256
-Q8_CASES = [(37, 576, 32), (37, 576, 64), (203, 1088, 32), (203, 1000, 128), (13, 1536, 256), (9, 128, 32)]
+# (out, in, group): a last unit of 64 inputs (576, 1088), padded rows (1000 -> 1024; 1010: a last block
+# of 18 real inputs), groups of 32 to 256
+Q8_CASES = [(37, 576, 32), (37, 576, 64), (203, 1088, 32), (203, 1000, 128), (11, 1010, 128), (13, 1536, 256),
+            (9, 128, 32)]
 
 
 @pytest.mark.parametrize("case", Q8_CASES, ids=lambda c: f"{c[0]}x{c[1]}g{c[2]}")

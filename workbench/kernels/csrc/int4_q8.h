@@ -95,12 +95,40 @@ namespace q8_vnni {
 
 using namespace q8;
 
-// Weight scales of a unit's lanes: lane i belongs to group (u0 + 8i) / G. `spread` sends lane i to
-// the loaded group i / (G / 8) when G divides 128.
-static inline __m512 weight_scales(const float* srow, int64_t u0, int64_t G, __m512i spread, int lanes) {
-  if (G % UNIT == 0) return _mm512_set1_ps(srow[u0 / G]);
-  const __mmask16 groups = (__mmask16)((1u << (lanes * LANE / G)) - 1);
-  return _mm512_permutexvar_ps(spread, _mm512_maskz_loadu_ps(groups, srow + u0 / G));
+// Weight scales of a unit's `lanes` lanes: lane i belongs to group (u0 + 8i) / G. GU = min(G, 128)
+// is a template argument so that no division runs per unit; with GU = 128 the caller passes the
+// unit's group `g`. `spread` sends lane i to the loaded group i / (GU / 8) when GU < 128.
+template <int GU>
+static inline __m512 weight_scales(const float* srow, int64_t u0, int64_t g, __m512i spread, int lanes) {
+  if (GU == UNIT) return _mm512_set1_ps(srow[g]);
+  const __mmask16 groups = (__mmask16)((1u << (lanes * LANE / GU)) - 1);
+  return _mm512_permutexvar_ps(spread, _mm512_maskz_loadu_ps(groups, srow + u0 / GU));
+}
+
+// quantize_row, vectorised (the same result bit for bit: the same max, the same product, and the
+// conversion rounds to nearest even like nearbyint). Scalar rounding is a library call per input.
+static void quantize_row(const float* x, int64_t K, int64_t Kp, int64_t G, int8_t* xq, float* lane_scale,
+                         float* xsum) {
+  std::fill(xsum, xsum + Kp / G, 0.0f);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  for (int64_t b0 = 0; b0 < Kp; b0 += BLOCK) {
+    const int64_t n = std::max<int64_t>(0, std::min<int64_t>(BLOCK, K - b0));  // real inputs in the block
+    const __mmask16 k0 = (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1);
+    const __mmask16 k1 = (__mmask16)(n >= 32 ? 0xFFFF : (n > 16 ? (1u << (n - 16)) - 1 : 0));
+    const __m512 a = _mm512_maskz_loadu_ps(k0, x + b0), b = _mm512_maskz_loadu_ps(k1, x + b0 + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    const float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i qa = _mm512_min_epi32(hi, _mm512_max_epi32(lo, _mm512_cvtps_epi32(_mm512_mul_ps(a, vinv))));
+    const __m512i qb = _mm512_min_epi32(hi, _mm512_max_epi32(lo, _mm512_cvtps_epi32(_mm512_mul_ps(b, vinv))));
+    const int64_t u0 = b0 / UNIT * UNIT, half = std::min<int64_t>(UNIT, Kp - u0) / 2, at = u0 + (b0 - u0) / 2;
+    _mm_storeu_si128((__m128i*)(xq + at), _mm512_cvtsepi32_epi8(_mm512_permutex2var_epi32(qa, even, qb)));
+    _mm_storeu_si128((__m128i*)(xq + at + half), _mm512_cvtsepi32_epi8(_mm512_permutex2var_epi32(qa, odd, qb)));
+    xsum[b0 / G] += d * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+    _mm_storeu_ps(lane_scale + b0 / LANE, _mm_set1_ps(d));
+  }
 }
 
 // zero_term, 16 groups at a time (a row of a groups-of-32 matrix has 18 to 48 groups)
@@ -114,7 +142,7 @@ static inline float zero_term16(const float* scale, const uint8_t* zero, const f
   return _mm512_reduce_add_ps(acc);
 }
 
-template <int M, int R>
+template <int M, int R, int GU>
 static inline void tile(const uint8_t* packed, const float* scale, const uint8_t* zero, const int8_t* xq,
                         const float* lane_scale, const float* xsum, float* y, int64_t N, int64_t Kp, int64_t G,
                         __m512i spread, int64_t n) {
@@ -125,6 +153,7 @@ static inline void tile(const uint8_t* packed, const float* scale, const uint8_t
     for (int m = 0; m < M; ++m) acc[m][r] = _mm512_setzero_ps();
   int64_t u0 = 0;
   for (; u0 + UNIT <= Kp; u0 += UNIT) {
+    const int64_t g = GU == UNIT ? u0 / G : 0;  // the unit's group when G is a multiple of 128
     __m512i xl[M], xh[M];
     __m512 xs[M];
     for (int m = 0; m < M; ++m) {
@@ -135,7 +164,7 @@ static inline void tile(const uint8_t* packed, const float* scale, const uint8_t
     for (int r = 0; r < R; ++r) {
       const __m512i v = _mm512_loadu_si512(packed + (n + r) * row_bytes + u0 / 2);
       const __m512i lo = _mm512_and_si512(v, low4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
-      const __m512 ws = weight_scales(scale + (n + r) * groups, u0, G, spread, 16);
+      const __m512 ws = weight_scales<GU>(scale + (n + r) * groups, u0, g, spread, 16);
       for (int m = 0; m < M; ++m) {
         const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl[m]), hi, xh[m]);
         acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(xs[m], ws), acc[m][r]);
@@ -154,7 +183,7 @@ static inline void tile(const uint8_t* packed, const float* scale, const uint8_t
     for (int r = 0; r < R; ++r) {
       const __m256i v = _mm256_loadu_si256((const __m256i*)(packed + (n + r) * row_bytes + u0 / 2));
       const __m256i lo = _mm256_and_si256(v, low4y), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4y);
-      const __m512 ws = weight_scales(scale + (n + r) * groups, u0, G, spread, 8);
+      const __m512 ws = weight_scales<GU>(scale + (n + r) * groups, u0, 0, spread, 8);  // GU < 128 here
       for (int m = 0; m < M; ++m) {
         const __m256i dot = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, xl[m]), hi, xh[m]);
         acc[m][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(dot)), _mm512_mul_ps(xs[m], ws),
@@ -168,27 +197,36 @@ static inline void tile(const uint8_t* packed, const float* scale, const uint8_t
                          zero_term16(scale + (n + r) * groups, zero + (n + r) * groups, xsum + m * groups, groups);
 }
 
-template <int M>
+template <int M, int GU>
 static void rows_m(const uint8_t* packed, const float* scale, const uint8_t* zero, const int8_t* xq,
                    const float* lane_scale, const float* xsum, float* y, int64_t N, int64_t Kp, int64_t G,
                    int64_t n0, int64_t n1) {
   constexpr int R = avx512::Tile<M>::R;
   // lane i -> loaded group i / (G / 8) (unused when G is a multiple of 128)
   int32_t lane_group[16];
-  for (int i = 0; i < 16; ++i) lane_group[i] = G >= UNIT ? 0 : (int32_t)(i * LANE / G);
+  for (int i = 0; i < 16; ++i) lane_group[i] = GU == UNIT ? 0 : i * (int)LANE / GU;
   const __m512i spread = _mm512_loadu_si512(lane_group);
+  const avx512::RowPrefetch prefetch(packed, Kp / 2, R, n1);
   int64_t n = n0;
   for (; n + R <= n1; n += R) {
-    avx512::prefetch_rows(packed, Kp / 2, n, R, n1);
-    tile<M, R>(packed, scale, zero, xq, lane_scale, xsum, y, N, Kp, G, spread, n);
+    prefetch(n, R);
+    prefetch(scale, n, R, Kp / G * 4);  // scales and zero points: streams of their own
+    prefetch(zero, n, R, Kp / G);
+    tile<M, R, GU>(packed, scale, zero, xq, lane_scale, xsum, y, N, Kp, G, spread, n);
   }
-  for (; n < n1; ++n) tile<M, 1>(packed, scale, zero, xq, lane_scale, xsum, y, N, Kp, G, spread, n);
+  for (; n < n1; ++n) tile<M, 1, GU>(packed, scale, zero, xq, lane_scale, xsum, y, N, Kp, G, spread, n);
 }
 
 static void rows(const uint8_t* packed, const float* scale, const uint8_t* zero, const int8_t* xq,
                  const float* lane_scale, const float* xsum, float* y, int M_, int64_t N, int64_t Kp, int64_t G,
                  int64_t n0, int64_t n1) {
-  WB_SWITCH_M(M_, (rows_m<M>(packed, scale, zero, xq, lane_scale, xsum, y, N, Kp, G, n0, n1)));
+  if (G == 32) {
+    WB_SWITCH_M(M_, (rows_m<M, 32>(packed, scale, zero, xq, lane_scale, xsum, y, N, Kp, G, n0, n1)));
+  } else if (G == 64) {
+    WB_SWITCH_M(M_, (rows_m<M, 64>(packed, scale, zero, xq, lane_scale, xsum, y, N, Kp, G, n0, n1)));
+  } else {  // a multiple of 128: one group per unit
+    WB_SWITCH_M(M_, (rows_m<M, UNIT>(packed, scale, zero, xq, lane_scale, xsum, y, N, Kp, G, n0, n1)));
+  }
 }
 
 }  // namespace q8_vnni

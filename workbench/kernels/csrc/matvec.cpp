@@ -240,10 +240,18 @@ static at::Tensor int4_q8(const at::Tensor& x_, const at::Tensor& packed, const 
   float* lane_scale = scratch.data_ptr<float>();
   float* xsum = lane_scale + rows * (Kp / q8::LANE);
   int8_t* xq = (int8_t*)(xsum + rows * groups);
-  for (int64_t m = 0; m < rows; ++m)
-    q8::quantize_row(x.data_ptr<float>() + m * K, K, Kp, G, xq + m * Kp, lane_scale + m * (Kp / q8::LANE),
-                     xsum + m * groups);
   const bool vnni = g_backend == AVX512 && has_vnni_cached;
+  for (int64_t m = 0; m < rows; ++m) {
+    const float* xm = x.data_ptr<float>() + m * K;
+    float* lm = lane_scale + m * (Kp / q8::LANE);
+#ifdef WB_X86
+    if (vnni) {
+      q8_vnni::quantize_row(xm, K, Kp, G, xq + m * Kp, lm, xsum + m * groups);
+      continue;
+    }
+#endif
+    q8::quantize_row(xm, K, Kp, G, xq + m * Kp, lm, xsum + m * groups);
+  }
   at::Tensor y = new_output(x_, N);
   for (int64_t m0 = 0; m0 < rows; m0 += 4) {
     const int M = (int)std::min<int64_t>(4, rows - m0);

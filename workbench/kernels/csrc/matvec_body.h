@@ -12,12 +12,24 @@
 // 9 cache lines), so each tile asks for the bytes of a later tile, about PREFETCH_BYTES ahead.
 constexpr int64_t PREFETCH_BYTES = 8192;
 
-static inline void prefetch_rows(const void* base, int64_t row_bytes, int64_t n, int64_t R, int64_t n1) {
-  const int64_t ahead = (PREFETCH_BYTES + R * row_bytes - 1) / (R * row_bytes) * R;  // whole tiles
-  if (n + ahead + R > n1) return;
-  const char* p = (const char*)base + (n + ahead) * row_bytes;
-  for (int64_t b = 0; b < R * row_bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
-}
+struct RowPrefetch {
+  const char* base;
+  int64_t row_bytes, ahead, n1;  // ahead: whole tiles of R rows, fixed per call (no division per tile)
+
+  RowPrefetch(const void* base_, int64_t row_bytes_, int64_t R, int64_t n1_)
+      : base((const char*)base_), row_bytes(row_bytes_),
+        ahead((PREFETCH_BYTES + R * row_bytes_ - 1) / (R * row_bytes_) * R), n1(n1_) {}
+
+  // the rows of the tile `ahead` rows after n, which this thread reads later in this call
+  void operator()(int64_t n, int64_t R) const { (*this)(base, n, R, row_bytes); }
+
+  // the same rows of another stream with `bytes` per row (a quantized matrix's scales)
+  void operator()(const void* stream, int64_t n, int64_t R, int64_t bytes) const {
+    if (n + ahead + R > n1) return;
+    const char* p = (const char*)stream + (n + ahead) * bytes;
+    for (int64_t b = 0; b < R * bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
+  }
+};
 
 // Rows per tile: fewer when more rows of x need their own accumulators.
 template <int M>
@@ -57,9 +69,10 @@ template <typename T, int M>
 static void dense_rows(const T* w, const float* scale, const float* x, float* y, int64_t N, int64_t K,
                        int64_t n0, int64_t n1) {
   constexpr int R = Tile<M>::R;
+  const RowPrefetch prefetch(w, K * (int64_t)sizeof(T), R, n1);
   int64_t n = n0;
   for (; n + R <= n1; n += R) {
-    prefetch_rows(w, K * (int64_t)sizeof(T), n, R, n1);
+    prefetch(n, R);
     dense_tile<T, M, R>(w, scale, x, y, N, K, n);
   }
   for (; n < n1; ++n) dense_tile<T, M, 1>(w, scale, x, y, N, K, n);
@@ -144,9 +157,10 @@ template <int M>
 static void int4_rows(const uint8_t* packed, const float* scale, const uint8_t* zero, const float* xr,
                       const float* xs, float* y, int64_t N, int64_t Kp, int64_t G, int64_t n0, int64_t n1) {
   constexpr int R = Tile<M>::R;
+  const RowPrefetch prefetch(packed, Kp / 2, R, n1);
   int64_t n = n0;
   for (; n + R <= n1; n += R) {
-    prefetch_rows(packed, Kp / 2, n, R, n1);
+    prefetch(n, R);
     int4_tile<M, R>(packed, scale, zero, xr, xs, y, N, Kp, G, n);
   }
   for (; n < n1; ++n) int4_tile<M, 1>(packed, scale, zero, xr, xs, y, N, Kp, G, n);
@@ -208,8 +222,9 @@ static void gguf_rows(const uint8_t* raw, const float* x, const float* xs, float
   constexpr int R = Tile<M>::R;
   int64_t n = n0;
   constexpr int64_t block_bytes = TYPE == Q8_0 ? 34 : (TYPE == Q4_0 ? 18 : 20);
+  const RowPrefetch prefetch(raw, K / 32 * block_bytes, R, n1);
   for (; n + R <= n1; n += R) {
-    prefetch_rows(raw, K / 32 * block_bytes, n, R, n1);
+    prefetch(n, R);
     gguf_tile<TYPE, M, R>(raw, x, xs, y, N, K, n);
   }
   for (; n < n1; ++n) gguf_tile<TYPE, M, 1>(raw, x, xs, y, N, K, n);
