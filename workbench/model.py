@@ -2,7 +2,9 @@
 
 Module and parameter names follow Hugging Face's `LlamaForCausalLM`, so a state dict moves between
 the two unchanged. Every weight matrix lives in an `nn.Linear` (the *linear seam*): quantization
-and faster kernels replace those modules in place and nothing else in the model changes.
+and faster kernels replace those modules in place and nothing else in the model changes. The other
+per-token operations have seams too, for `workbench.kernels.enable`: `RMSNorm` modules, and each
+`Attention`'s `rope_fn` and `attention_fn` (the same maths, computed by our decode kernels).
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ class KVCache:
     positions are filled for every sequence.
 
     Every cache (this one, the engine's paged and int8 caches) answers the calls `LlamaModel.forward`
-    makes: `prepare(input_ids)` -> positions of the new tokens, `attend(layer, q, k, v)` (store the
-    new keys/values, attend over everything cached), `advance()` once the layers ran, and
+    makes: `prepare(input_ids)` -> positions of the new tokens, `attend(layer, q, k, v, attention_fn)`
+    (store the new keys/values, attend over everything cached with `attention_fn`, `attention`'s signature), `advance()` once the layers ran, and
     `last(x)` -> each sequence's last hidden state.
     """
 
@@ -122,11 +124,11 @@ class KVCache:
         self._start, self._new, self._mask = start, T, mask
         return positions
 
-    def attend(self, layer: int, q, k, v) -> torch.Tensor:
+    def attend(self, layer: int, q, k, v, attention_fn=attention) -> torch.Tensor:
         end = self._start + self._new
         self.k[layer, :, :, self._start:end] = k
         self.v[layer, :, :, self._start:end] = v
-        return attention(q, self.k[layer, :, :, :end], self.v[layer, :, :, :end], self._mask)
+        return attention_fn(q, self.k[layer, :, :, :end], self.v[layer, :, :, :end], self._mask)
 
     def advance(self):
         self.length = self._start + self._new
@@ -136,6 +138,10 @@ class KVCache:
 
 
 class Attention(nn.Module):
+    # Seams: `workbench.kernels.enable` sets these per module to our decode kernels (same signatures).
+    rope_fn = staticmethod(apply_rope)
+    attention_fn = staticmethod(attention)
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.n_heads = config.num_attention_heads
@@ -152,8 +158,9 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = attention(q, k, v, mask) if cache is None else cache.attend(layer, q, k, v)
+        q, k = self.rope_fn(q, cos, sin), self.rope_fn(k, cos, sin)
+        fn = self.attention_fn
+        out = fn(q, k, v, mask) if cache is None else cache.attend(layer, q, k, v, fn)
         return self.o_proj(out)
 
 

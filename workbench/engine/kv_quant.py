@@ -48,13 +48,13 @@ class Int8KVCache(KVCache):
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.k_scale, self.v_scale))
 
-    def attend(self, layer: int, q, k, v) -> torch.Tensor:
+    def attend(self, layer: int, q, k, v, attention_fn=attention) -> torch.Tensor:
         start, end = self._start, self._start + self._new
         for store, scales, x in ((self.k, self.k_scale, k), (self.v, self.v_scale, v)):
             store[layer, :, :, start:end], scales[layer, :, :, start:end] = quantize_kv(x)
         keys = dequantize_kv(self.k[layer, :, :, :end], self.k_scale[layer, :, :, :end], self.dtype)
         values = dequantize_kv(self.v[layer, :, :, :end], self.v_scale[layer, :, :, :end], self.dtype)
-        return attention(q, keys, values, self._mask)
+        return attention_fn(q, keys, values, self._mask)
 
 
 class Int8KVModel:

@@ -231,7 +231,7 @@ class PagedKVCache:
                              f"{self.positions.shape[1]} scheduled tokens")
         return self.positions
 
-    def attend(self, layer: int, q, k, v) -> torch.Tensor:
+    def attend(self, layer: int, q, k, v, attention_fn=attention) -> torch.Tensor:
         """q (1, heads, N, hd), k/v (1, kv_heads, N, hd) -> (1, N, heads*hd)."""
         _, heads, N, hd = q.shape
         self.pool.write(layer, self.new_slots, k[0].transpose(0, 1), v[0].transpose(0, 1))
@@ -239,11 +239,11 @@ class PagedKVCache:
         if self.single_blocks is not None:
             keys, values = self.pool.read(layer, self.single_blocks)         # (B, S, kv_heads, hd)
             queries = q[0, :, self.single_rows].transpose(0, 1)[:, :, None]  # (B, heads, 1, hd)
-            got = attention(queries, keys.transpose(1, 2), values.transpose(1, 2), self.single_mask)
+            got = attention_fn(queries, keys.transpose(1, 2), values.transpose(1, 2), self.single_mask)
             out[self.single_rows] = got[:, 0]
         for offset, n, blocks, mask in self.chunks:
             keys, values = self.pool.read(layer, blocks)                     # (S, kv_heads, hd)
-            got = attention(q[:, :, offset:offset + n], keys.transpose(0, 1)[None], values.transpose(0, 1)[None],
+            got = attention_fn(q[:, :, offset:offset + n], keys.transpose(0, 1)[None], values.transpose(0, 1)[None],
                             mask)
             out[offset:offset + n] = got[0]
         return out[None]

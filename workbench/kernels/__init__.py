@@ -9,7 +9,10 @@ Where they apply (all on CPU, inference only, a few rows of x):
 
 * float32/bfloat16 `nn.Linear`: after `enable(model)` (or `load_model(..., kernels=True)`), which
   swaps each bias-free float `nn.Linear` for a `KernelLinear` sharing the same weight tensor;
-* the packed layers of `workbench.quant` (int8, int4, Q8_0/Q4_0/Q4_1) use them on their own.
+* the packed layers of `workbench.quant` (int8, int4, Q8_0/Q4_0/Q4_1) use them on their own;
+* the rest of a decode step, after `enable(model)`: RMSNorm, rotary embeddings and attention of one
+  new token per sequence over its KV cache (float32; attention on the AVX-512 backend). PyTorch
+  spends more time per call on these small operations than on their arithmetic.
 
 One exception to float activations, like llama.cpp's 4-bit dot products: int4 layers round the
 activation row to int8 per block of 32 inputs (scale max|x| / 127) and multiply on integer dot
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidParameterError
+from ..model import Attention, RMSNorm, apply_rope, attention
 from . import build
 from .memory import move_weights_to_huge_pages
 
@@ -150,6 +154,52 @@ def gguf_linear(x: torch.Tensor, raw: torch.Tensor, type_name: str) -> torch.Ten
     return ops.gguf(x, raw, GGUF_TYPES[type_name], x.shape[-1])
 
 
+def _decode_ops(*tensors):
+    """The extension for float32 decode-size operations on these tensors (no autograd), else None."""
+    if not _enabled or any(t.dtype != torch.float32 or not t.is_cpu for t in tensors):
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return None
+    return build.load()
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`model.apply_rope` for one new token per sequence on our kernel; other shapes on PyTorch."""
+    ops = _decode_ops(x, cos, sin) if x.dim() == 4 and x.shape[2] == 1 else None
+    if ops is None or not (cos.is_contiguous() and sin.is_contiguous() and x.stride(-1) == 1):
+        return apply_rope(x, cos, sin)
+    return ops.rope(x, cos, sin)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """`model.attention` for one query per sequence on our kernel (AVX-512); anything else on PyTorch."""
+    ops = _decode_ops(q, k, v) if q.dim() == 4 and q.shape[2] == 1 and k.dim() == 4 else None
+    if (ops is None or not ops.decode_attention_fits(q.shape[-1], q.shape[1] // k.shape[1])
+            or k.stride(-1) != 1 or k.stride() != v.stride() or q.stride(-1) != 1
+            or (mask is not None and (mask.dtype != torch.bool or mask.dim() != 4
+                                      or tuple(mask.shape[1:]) != (1, 1, k.shape[2])
+                                      or mask.shape[0] not in (1, q.shape[0])))):
+        return attention(q, k, v, mask)
+    return ops.decode_attention(q, k, v, mask)
+
+
+class KernelRMSNorm(RMSNorm):
+    """`RMSNorm` computed by our kernel for float32 rows at decode sizes (the same parameter)."""
+
+    uses_kernels = True
+
+    @classmethod
+    def from_norm(cls, norm: RMSNorm) -> KernelRMSNorm:
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.weight, layer.eps = norm.weight, norm.eps
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ops = _decode_ops(x, self.weight) if x.numel() <= MAX_ROWS * x.shape[-1] and x.is_contiguous() else None
+        return super().forward(x) if ops is None else ops.rms_norm(x, self.weight, self.eps)
+
+
 class KernelLinear(nn.Linear):
     """A bias-free float32/bfloat16 `nn.Linear` whose small-batch products run on our kernel.
 
@@ -174,7 +224,9 @@ class KernelLinear(nn.Linear):
 
 
 def enable(model: nn.Module) -> nn.Module:
-    """Swap every bias-free float32/bfloat16 `nn.Linear` of `model` for a `KernelLinear`, in place.
+    """Swap every bias-free float32/bfloat16 `nn.Linear` of `model` for a `KernelLinear` and every
+    `RMSNorm` for a `KernelRMSNorm`, and point each `Attention`'s rotary and attention seams at our
+    decode kernels, in place.
 
     Packed quantized layers need no swap (they call the kernels themselves). Large weights move
     into huge pages (`memory.py`: streamed faster); call `enable` again after quantizing or pruning
@@ -188,13 +240,26 @@ def enable(model: nn.Module) -> nn.Module:
             if (type(child) is nn.Linear and child.bias is None
                     and child.weight.dtype in (torch.float32, torch.bfloat16)):
                 setattr(parent, name, KernelLinear.from_linear(child))
+            elif type(child) is RMSNorm:
+                setattr(parent, name, KernelRMSNorm.from_norm(child))
+        if isinstance(parent, Attention):
+            parent.rope_fn, parent.attention_fn = rope, decode_attention
     return model
 
 
 def disable(model: nn.Module) -> nn.Module:
-    """Undo `enable`: every `KernelLinear` back to a plain `nn.Linear` (same weight tensor)."""
+    """Undo `enable`: plain `nn.Linear` and `RMSNorm` modules (same weight tensors), PyTorch's rotary
+    embedding and attention."""
     for parent in list(model.modules()):
+        if isinstance(parent, Attention):  # back to the class's seams
+            parent.__dict__.pop("rope_fn", None)
+            parent.__dict__.pop("attention_fn", None)
         for name, child in list(parent.named_children()):
+            if isinstance(child, KernelRMSNorm):
+                plain = RMSNorm.__new__(RMSNorm)
+                nn.Module.__init__(plain)
+                plain.weight, plain.eps = child.weight, child.eps
+                setattr(parent, name, plain)
             if isinstance(child, KernelLinear):
                 plain = nn.Linear.__new__(nn.Linear)
                 nn.Module.__init__(plain)

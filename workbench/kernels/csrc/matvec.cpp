@@ -34,6 +34,7 @@ using V = VecAVX512;
 #endif
 
 #include "int4_q8.h"
+#include "attention.h"
 
 enum Backend { SCALAR = 0, AVX2 = 1, AVX512 = 2 };
 static const char* BACKEND_NAMES[] = {"scalar", "avx2", "avx512"};
@@ -300,6 +301,90 @@ static at::Tensor gguf(const at::Tensor& x_, const at::Tensor& raw, int64_t type
   return finish(y, x_);
 }
 
+// ---- the other per-token operations of a decode step, where PyTorch's per-call cost dominates ----
+
+// RMSNorm of float32 rows: weight * (x * 1/sqrt(mean(x^2) + eps)), rounded in the reference's order.
+static at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  const int64_t D = weight.numel();
+  TORCH_CHECK(x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && x.is_contiguous() &&
+              weight.is_contiguous() && x.size(-1) == D, "rms_norm: contiguous float32 x (..., D) and weight (D)");
+  at::Tensor y = at::empty_like(x);
+  const float *xp = x.data_ptr<float>(), *w = weight.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  for (int64_t r = 0; r < x.numel() / D; ++r) {
+    const float* xr = xp + r * D;
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < D; ++i) ss += xr[i] * xr[i];
+    const float inv = 1.0f / std::sqrt(ss / (float)D + (float)eps);
+    for (int64_t i = 0; i < D; ++i) yp[r * D + i] = w[i] * (xr[i] * inv);
+  }
+  return y;
+}
+
+// Rotary embedding of one new token per sequence: x (B, H, 1, hd), any strides with the last axis
+// contiguous; cos, sin (B, 1, 1, hd) contiguous. x * cos + rotate_half(x) * sin, contiguous.
+static at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 4 && x.size(2) == 1 && x.stride(3) == 1,
+              "rope: float32 x (B, H, 1, hd) with a contiguous last axis");
+  const int64_t B = x.size(0), H = x.size(1), hd = x.size(3), half = hd / 2;
+  TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.is_contiguous() &&
+              sin.is_contiguous() && cos.numel() == B * hd && sin.numel() == B * hd && hd % 2 == 0,
+              "rope: contiguous float32 cos and sin of shape (B, 1, 1, hd)");
+  at::Tensor y = at::empty({B, H, 1, hd}, x.options());
+  float* yp = y.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      const float* xr = x.data_ptr<float>() + b * x.stride(0) + h * x.stride(1);
+      const float *c = cos.data_ptr<float>() + b * hd, *s = sin.data_ptr<float>() + b * hd;
+      float* yr = yp + (b * H + h) * hd;
+      for (int64_t i = 0; i < half; ++i) yr[i] = xr[i] * c[i] + (-xr[i + half]) * s[i];
+      for (int64_t i = half; i < hd; ++i) yr[i] = xr[i] * c[i] + xr[i - half] * s[i];
+    }
+  return y;
+}
+
+// Whether decode_attention covers this head size and query heads per KV head on this CPU.
+static bool decode_attention_fits(int64_t head_dim, int64_t groups) {
+#ifdef WB_X86
+  return g_backend == AVX512 && attn512::fits(head_dim, groups);
+#else
+  return false;
+#endif
+}
+
+// One query per sequence (attention.h): q (B, H, 1, hd), k and v (B, KVH, S, hd) float32 with a
+// contiguous last axis, mask (B or 1, 1, 1, S) bool or none -> (B, 1, H * hd).
+static at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const c10::optional<at::Tensor>& mask) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && q.size(2) == 1, "decode_attention: q (B, H, 1, hd), "
+              "k and v (B, KVH, S, hd)");
+  const int64_t B = q.size(0), H = q.size(1), hd = q.size(3), KVH = k.size(1), S = k.size(2);
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
+              "decode_attention: float32 tensors");
+  TORCH_CHECK(k.sizes() == v.sizes() && k.strides() == v.strides() && k.size(0) == B && k.size(3) == hd &&
+              q.stride(3) == 1 && k.stride(3) == 1 && H % KVH == 0 && S >= 1,
+              "decode_attention: k and v of one shape and layout, contiguous last axes, H a multiple of KVH");
+  TORCH_CHECK(decode_attention_fits(hd, H / KVH), "decode_attention: head size ", hd, " with ", H / KVH,
+              " query heads per KV head is not covered on this CPU");
+  const bool* mp = nullptr;
+  int64_t mb = 0, ms = 0;
+  at::Tensor m;
+  if (mask.has_value()) {
+    m = *mask;
+    TORCH_CHECK(m.scalar_type() == at::kBool && m.dim() == 4 && m.size(2) == 1 && m.size(3) == S &&
+                (m.size(0) == 1 || m.size(0) == B), "decode_attention: a bool mask (B or 1, 1, 1, S)");
+    mp = m.data_ptr<bool>(), mb = m.size(0) == 1 ? 0 : m.stride(0), ms = m.stride(3);
+  }
+  at::Tensor out = at::empty({B, 1, H * hd}, q.options());
+#ifdef WB_X86
+  attn512::decode(q.data_ptr<float>(), {q.stride(0), q.stride(1), 0}, k.data_ptr<float>(), v.data_ptr<float>(),
+                  {k.stride(0), k.stride(1), k.stride(2)}, mp, mb, ms, out.data_ptr<float>(), B, H, KVH, S, hd,
+                  1.0f / std::sqrt((float)hd));
+#endif
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "workbench decode matrix-vector kernels (float32, bfloat16, int8, int4, GGUF blocks)";
   m.def("dense", &dense, "y = x @ w.T for float32/bfloat16 w, or int8 w times a per-row scale",
@@ -314,6 +399,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("has_vnni", &has_vnni, "whether int4_q8 runs on integer dot products (AVX-512 VNNI) here");
   m.def("gguf", &gguf, "GGUFBlockLinear's product", py::arg("x"), py::arg("raw"), py::arg("type"),
         py::arg("in_features"));
+  m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows", py::arg("x"), py::arg("weight"), py::arg("eps"));
+  m.def("rope", &rope, "rotary embedding of one token per sequence", py::arg("x"), py::arg("cos"), py::arg("sin"));
+  m.def("decode_attention", &decode_attention, "attention of one query per sequence over its cache", py::arg("q"),
+        py::arg("k"), py::arg("v"), py::arg("mask") = py::none());
+  m.def("decode_attention_fits", &decode_attention_fits, "whether decode_attention covers these heads here",
+        py::arg("head_dim"), py::arg("groups"));
   m.def("backend", &get_backend, "the instruction set in use");
   m.def("set_backend", &set_backend, "use another supported instruction set (tests)");
   m.def("supported_backends", &supported_backends, "instruction sets this CPU runs");

@@ -1,0 +1,111 @@
+"""Our decode kernels for the rest of a step (RMSNorm, rotary embedding, one-query attention) against
+the model's PyTorch functions, and the seams `kernels.enable` sets and `kernels.disable` undoes."""
+
+import copy
+
+import pytest
+import torch
+
+from workbench import kernels
+from workbench.kernels import KernelRMSNorm, build
+from workbench.model import Attention, RMSNorm, apply_rope, attention
+
+
+@pytest.fixture(scope="module")
+def ops():
+    if not kernels.available():
+        pytest.skip(f"kernels unavailable: {kernels.status()['reason']}")
+    return build.load()
+
+
+@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+# (batch, query heads, KV heads, head size, cached positions): the bundled model's heads, chunk
+# edges (63/64/65 positions), one position, plain multi-head attention, head sizes 32 and 128
+CASES = [(1, 9, 3, 64, 600), (1, 9, 3, 64, 1), (2, 9, 3, 64, 65), (3, 8, 2, 128, 64), (2, 4, 4, 32, 63),
+         (1, 16, 1, 64, 200)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}H{}KV{}hd{}S{}".format(*c))
+@pytest.mark.parametrize("layout", ["contiguous", "paged"])
+@torch.inference_mode()
+def test_decode_attention_matches_pytorch(ops, threads, case, layout):
+    B, H, KVH, hd, S = case
+    gen = torch.Generator().manual_seed(S + hd)
+    q = torch.randn(B, H, 1, hd, generator=gen)
+    if layout == "contiguous":  # a preallocated cache, read up to S: positions hd apart, heads max_len * hd
+        k, v = (torch.randn(B, KVH, S + 37, hd, generator=gen)[:, :, :S] for _ in range(2))
+    else:  # the paged pool's blocks gathered as (B, S, KVH, hd), then transposed
+        k, v = (torch.randn(B, S, KVH, hd, generator=gen).transpose(1, 2) for _ in range(2))
+    assert ops.decode_attention_fits(hd, H // KVH)
+    mask = torch.rand(B, 1, 1, S, generator=gen) > 0.3
+    mask[..., -1] = True  # a query always sees itself
+    for m in (None, mask, mask[:1]):
+        got = ops.decode_attention(q, k, v, m)
+        torch.testing.assert_close(got, attention(q, k, v, m), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(kernels.decode_attention(q, k, v, m), got, rtol=0, atol=0)
+
+
+@torch.inference_mode()
+def test_decode_attention_edges_and_fallbacks(ops):
+    q, k, v = torch.randn(2, 4, 1, 32), torch.randn(2, 2, 10, 32), torch.randn(2, 2, 10, 32)
+    hidden = torch.zeros(2, 1, 1, 10, dtype=torch.bool)
+    hidden[1, ..., 3] = True  # sequence 0 sees no key: zeros, like PyTorch
+    torch.testing.assert_close(ops.decode_attention(q, k, v, hidden), attention(q, k, v, hidden))
+    # shapes the kernel does not cover go to PyTorch with the same answer: head size 48, two queries
+    odd = torch.randn(1, 2, 1, 48), torch.randn(1, 1, 5, 48), torch.randn(1, 1, 5, 48)
+    assert not ops.decode_attention_fits(48, 2)
+    torch.testing.assert_close(kernels.decode_attention(*odd, None), attention(*odd, None))
+    two = torch.randn(2, 4, 2, 32)
+    torch.testing.assert_close(kernels.decode_attention(two, k, v, None), attention(two, k, v, None))
+    with pytest.raises(RuntimeError, match="mask"):
+        ops.decode_attention(q, k, v, torch.ones(2, 1, 1, 9, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="head size 48"):
+        ops.decode_attention(*odd)
+
+
+@torch.inference_mode()
+def test_rms_norm_and_rope_match_pytorch(ops):
+    gen = torch.Generator().manual_seed(0)
+    norm = RMSNorm(576, 1e-5)
+    norm.weight.copy_(torch.randn(576, generator=gen))
+    fast = KernelRMSNorm.from_norm(norm)
+    for rows in (1, 3):
+        x = torch.randn(1, rows, 576, generator=gen) * 3
+        torch.testing.assert_close(fast(x), norm(x), rtol=2e-6, atol=1e-6)
+    x = torch.randn(2, 1, 9, 64, generator=gen).transpose(1, 2)  # as the model makes q: a transposed view
+    cos, sin = torch.randn(2, 1, 1, 64, generator=gen), torch.randn(2, 1, 1, 64, generator=gen)
+    assert torch.equal(ops.rope(x, cos, sin), apply_rope(x, cos, sin))  # the same operations, in order
+    assert torch.equal(kernels.rope(x, cos, sin), apply_rope(x, cos, sin))
+    prompt = torch.randn(1, 9, 5, 64, generator=gen)  # five tokens: PyTorch's path
+    cos5, sin5 = torch.randn(1, 1, 5, 64, generator=gen), torch.randn(1, 1, 5, 64, generator=gen)
+    assert torch.equal(kernels.rope(prompt, cos5, sin5), apply_rope(prompt, cos5, sin5))
+
+
+def test_rms_norm_leaves_autograd_and_bfloat16_to_pytorch(ops):
+    norm = KernelRMSNorm.from_norm(RMSNorm(64, 1e-6))
+    x = torch.randn(1, 1, 64, requires_grad=True)
+    norm(x).sum().backward()  # PyTorch's path: a gradient flows
+    assert x.grad is not None
+    assert norm.to(torch.bfloat16)(torch.randn(1, 1, 64, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_enable_sets_the_seams_and_disable_restores_them(ops, model_and_tokenizer):
+    base, _ = model_and_tokenizer
+    model = kernels.enable(copy.deepcopy(base))
+    keys = set(base.state_dict())
+    assert set(model.state_dict()) == keys
+    norms = [m for m in model.modules() if isinstance(m, RMSNorm)]
+    assert norms and all(type(m) is KernelRMSNorm for m in norms)
+    attn = [m for m in model.modules() if isinstance(m, Attention)]
+    assert all(m.rope_fn is kernels.rope and m.attention_fn is kernels.decode_attention for m in attn)
+    kernels.disable(model)
+    assert all(type(m) is RMSNorm for m in model.modules() if isinstance(m, RMSNorm))
+    assert all(m.rope_fn is apply_rope and m.attention_fn is attention for m in attn)
+    assert set(model.state_dict()) == keys

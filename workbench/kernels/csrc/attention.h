@@ -1,0 +1,136 @@
+// Decode attention: one new query per sequence over its cached keys and values (AVX-512).
+//
+// At decode time attention reads the whole KV cache once per step, like a matrix-vector product;
+// with a 512-token context it costs as much as a third of the weights' products, and PyTorch's
+// scaled_dot_product_attention spends ~17 us per call before reading anything. Here the query
+// heads that share a KV head are served by one pass over its keys and values (grouped-query
+// attention reads K/V once), and the positions are split into chunks that threads take in turn.
+// Each chunk keeps its own softmax maximum, sum and weighted values, merged at the end (the
+// online-softmax rule: rescale each part by exp(its max - the overall max)).
+//
+// Shapes (strides in floats, the last axis contiguous): q (B, H, 1, hd), k and v (B, KVH, S, hd),
+// mask (B or 1, 1, 1, S) bool or none, out (B, 1, H * hd). H is a multiple of KVH (at most 16 query
+// heads per KV head); hd is 32, 64 or 128 (`fits`).
+
+#ifdef WB_X86
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+namespace attn512 {
+
+constexpr int64_t CHUNK = 64, MAX_GROUP = 16;  // positions per chunk, query heads per KV head
+
+struct Strides {
+  int64_t b, h, s;
+};
+
+// e^x for x <= 0 (scores minus their maximum): x = n ln2 + r with |r| <= ln2 / 2, a degree-7 Taylor
+// polynomial in r (relative error below 1e-7), times 2^n with scalef.
+static inline __m512 exp_neg(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));  // e^-104 is below float's smallest subnormal
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln2, split for exactness
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723e-6f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  const float c[] = {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
+  for (float ci : c) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(ci));
+  return _mm512_scalef_ps(p, n);
+}
+
+// One chunk [s0, s1) of one KV head for its G query heads: the chunk's max score, sum of
+// exp(score - max) and exp-weighted sum of values, per query head. VECS = hd / 16 is a template
+// argument so that a query and an output row stay in registers; the chunk's K and V rows (16 KB
+// each at hd 64) stay in L1 while the G query heads take their turns.
+template <int VECS>
+static void chunk(const float* const* q, const float* k, const float* v, int64_t ks, const bool* mask, int64_t ms,
+                  int G, float scale, int64_t s0, int64_t s1, float* m_out, float* l_out, float* o_out) {
+  constexpr int64_t hd = 16 * VECS;
+  const int64_t n = s1 - s0;
+  for (int g = 0; g < G; ++g) {
+    float p[CHUNK];
+    __m512 qv[VECS];
+    for (int i = 0; i < VECS; ++i) qv[i] = _mm512_loadu_ps(q[g] + 16 * i);
+    for (int64_t j = 0; j < n; ++j) {
+      const float* kr = k + (s0 + j) * ks;
+      __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
+      for (int i = 1; i < VECS; ++i) acc = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(kr + 16 * i), acc);
+      p[j] = mask && !mask[(s0 + j) * ms] ? -INFINITY : _mm512_reduce_add_ps(acc) * scale;
+    }
+    float m = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) m = std::max(m, p[j]);
+    __m512 o[VECS];
+    for (int i = 0; i < VECS; ++i) o[i] = _mm512_setzero_ps();
+    float l = 0.0f;
+    if (m != -INFINITY) {  // else every position is masked: nothing to add
+      const __m512 vm = _mm512_set1_ps(m);
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 live = (__mmask16)(n - j >= 16 ? 0xFFFF : (1u << (n - j)) - 1);
+        const __m512 sc = _mm512_maskz_loadu_ps(live, p + j);
+        const __mmask16 keep = _mm512_mask_cmp_ps_mask(live, sc, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+        const __m512 e = _mm512_maskz_mov_ps(keep, exp_neg(_mm512_sub_ps(sc, vm)));
+        _mm512_mask_storeu_ps(p + j, live, e);
+        sum = _mm512_add_ps(sum, e);
+      }
+      l = _mm512_reduce_add_ps(sum);
+      for (int64_t j = 0; j < n; ++j) {
+        const float* vr = v + (s0 + j) * ks;
+        const __m512 w = _mm512_set1_ps(p[j]);
+        for (int i = 0; i < VECS; ++i) o[i] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vr + 16 * i), o[i]);
+      }
+    }
+    m_out[g] = m, l_out[g] = l;
+    for (int i = 0; i < VECS; ++i) _mm512_storeu_ps(o_out + g * hd + 16 * i, o[i]);
+  }
+}
+
+// Head sizes with a compiled chunk (the caller falls back to PyTorch for others).
+static inline bool fits(int64_t hd, int64_t groups) {
+  return (hd == 32 || hd == 64 || hd == 128) && groups >= 1 && groups <= MAX_GROUP;
+}
+
+static void decode(const float* q, Strides qs, const float* k, const float* v, Strides kvs, const bool* mask,
+                   int64_t mb, int64_t ms, float* out, int64_t B, int64_t H, int64_t KVH, int64_t S, int64_t hd,
+                   float scale) {
+  const int G = (int)(H / KVH);
+  const int64_t chunks = (S + CHUNK - 1) / CHUNK, tasks = B * KVH * chunks;
+  std::vector<float> m(tasks * G), l(tasks * G), o(tasks * G * hd);
+  const bool parallel = S * KVH * B >= 256 && !omp_in_parallel();
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t b = t / (KVH * chunks), h = t / chunks % KVH, c = t % chunks;
+    const float* qg[MAX_GROUP];
+    for (int g = 0; g < G; ++g) qg[g] = q + b * qs.b + (h * G + g) * qs.h;
+    const int64_t head = b * kvs.b + h * kvs.h;
+    const bool* mrow = mask ? mask + b * mb : nullptr;
+    const int64_t s0 = c * CHUNK, s1 = std::min(S, s0 + CHUNK);
+    float *mt = &m[t * G], *lt = &l[t * G], *ot = &o[t * G * hd];
+    switch (hd) {
+      case 32: chunk<2>(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
+      case 64: chunk<4>(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
+      default: chunk<8>(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
+    }
+  }
+  for (int64_t b = 0; b < B; ++b)  // merge the chunks of each query head
+    for (int64_t h = 0; h < KVH; ++h)
+      for (int g = 0; g < G; ++g) {
+        const int64_t first = (b * KVH + h) * chunks;
+        float mx = -INFINITY, total = 0.0f;
+        for (int64_t c = 0; c < chunks; ++c) mx = std::max(mx, m[(first + c) * G + g]);
+        float* y = out + b * H * hd + (h * G + g) * hd;
+        std::fill(y, y + hd, 0.0f);
+        for (int64_t c = 0; c < chunks; ++c) {
+          const int64_t at = (first + c) * G + g;
+          if (l[at] == 0.0f) continue;
+          const float w = std::exp(m[at] - mx);
+          total += w * l[at];
+          for (int64_t i = 0; i < hd; ++i) y[i] += w * o[at * hd + i];
+        }
+        const float inv = total > 0.0f ? 1.0f / total : 0.0f;  // no visible key: zeros, as PyTorch gives
+        for (int64_t i = 0; i < hd; ++i) y[i] *= inv;
+      }
+}
+
+}  // namespace attn512
+#pragma GCC pop_options
+#endif
