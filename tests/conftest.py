@@ -41,3 +41,12 @@ def hf_gguf_tokenizer(bundled_gguf):
     """The transformers tokenizer built from the same GGUF file (the reference)."""
     transformers = pytest.importorskip("transformers")
     return transformers.AutoTokenizer.from_pretrained(str(bundled_gguf.parent), gguf_file=bundled_gguf.name)
+
+
+@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
+def threads(request):
+    """Run the test with 1 and with 2 torch threads (the kernels split rows or positions over threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)

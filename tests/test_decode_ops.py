@@ -18,14 +18,6 @@ def ops():
     return build.load()
 
 
-@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 # (batch, query heads, KV heads, head size, cached positions): the bundled model's heads, chunk
 # edges (63/64/65 positions), one position, plain multi-head attention, head sizes 32 and 128
 CASES = [(1, 9, 3, 64, 600), (1, 9, 3, 64, 1), (2, 9, 3, 64, 65), (3, 8, 2, 128, 64), (2, 4, 4, 32, 63),

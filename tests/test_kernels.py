@@ -86,14 +86,6 @@ def gguf_magnitudes(layer: GGUFBlockLinear) -> torch.Tensor:
 SHAPES = [(37, 100), (13, 1536), (203, 1100)]
 
 
-@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def each_backend(ops):
     """Run the body once per instruction set this CPU supports (AVX-512, AVX2, scalar)."""
