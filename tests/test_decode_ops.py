@@ -1,5 +1,6 @@
-"""Our decode kernels for the rest of a step (RMSNorm, rotary embedding, one-query attention) against
-the model's PyTorch functions, and the seams `kernels.enable` sets and `kernels.disable` undoes."""
+"""Our decode kernels for the rest of a step (RMSNorm, rotary embedding, one-query attention; float32
+and bfloat16) against the model's PyTorch functions, and the seams `kernels.enable` sets and
+`kernels.disable` undoes."""
 
 import copy
 
@@ -26,21 +27,27 @@ CASES = [(1, 9, 3, 64, 600), (1, 9, 3, 64, 1), (2, 9, 3, 64, 65), (3, 8, 2, 128,
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}H{}KV{}hd{}S{}".format(*c))
 @pytest.mark.parametrize("layout", ["contiguous", "paged"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @torch.inference_mode()
-def test_decode_attention_matches_pytorch(ops, threads, case, layout):
+def test_decode_attention_matches_pytorch(ops, threads, case, layout, dtype):
     B, H, KVH, hd, S = case
     gen = torch.Generator().manual_seed(S + hd)
-    q = torch.randn(B, H, 1, hd, generator=gen)
+    q = torch.randn(B, H, 1, hd, generator=gen).to(dtype)
     if layout == "contiguous":  # a preallocated cache, read up to S: positions hd apart, heads max_len * hd
-        k, v = (torch.randn(B, KVH, S + 37, hd, generator=gen)[:, :, :S] for _ in range(2))
+        k, v = (torch.randn(B, KVH, S + 37, hd, generator=gen).to(dtype)[:, :, :S] for _ in range(2))
     else:  # the paged pool's blocks gathered as (B, S, KVH, hd), then transposed
-        k, v = (torch.randn(B, S, KVH, hd, generator=gen).transpose(1, 2) for _ in range(2))
+        k, v = (torch.randn(B, S, KVH, hd, generator=gen).to(dtype).transpose(1, 2) for _ in range(2))
     assert ops.decode_attention_fits(hd, H // KVH)
     mask = torch.rand(B, 1, 1, S, generator=gen) > 0.3
     mask[..., -1] = True  # a query always sees itself
+    # float32: PyTorch's answer to 1e-5; bfloat16: the float64 answer on the same inputs to the
+    # output's own rounding (half a bfloat16 step of values up to ~4)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=0, atol=2 ** -7)
     for m in (None, mask, mask[:1]):
         got = ops.decode_attention(q, k, v, m)
-        torch.testing.assert_close(got, attention(q, k, v, m), rtol=1e-5, atol=1e-5)
+        assert got.dtype == dtype
+        expected = attention(q, k, v, m) if dtype == torch.float32 else attention(q.double(), k.double(), v.double(), m)
+        torch.testing.assert_close(got.to(expected.dtype), expected, **tol)
         torch.testing.assert_close(kernels.decode_attention(q, k, v, m), got, rtol=0, atol=0)
 
 
@@ -71,21 +78,33 @@ def test_rms_norm_and_rope_match_pytorch(ops):
     for rows in (1, 3):
         x = torch.randn(1, rows, 576, generator=gen) * 3
         torch.testing.assert_close(fast(x), norm(x), rtol=2e-6, atol=1e-6)
-    x = torch.randn(2, 1, 9, 64, generator=gen).transpose(1, 2)  # as the model makes q: a transposed view
-    cos, sin = torch.randn(2, 1, 1, 64, generator=gen), torch.randn(2, 1, 1, 64, generator=gen)
-    assert torch.equal(ops.rope(x, cos, sin), apply_rope(x, cos, sin))  # the same operations, in order
-    assert torch.equal(kernels.rope(x, cos, sin), apply_rope(x, cos, sin))
+    bf_norm = RMSNorm(576, 1e-5).to(torch.bfloat16)
+    bf_norm.weight.copy_(norm.weight)
+    x = (torch.randn(1, 3, 576, generator=gen) * 3).bfloat16()
+    torch.testing.assert_close(KernelRMSNorm.from_norm(bf_norm)(x), bf_norm(x), rtol=2 ** -7, atol=0)  # 1 step at most
+    for dtype in (torch.float32, torch.bfloat16):  # the same operations in order, each rounded alike
+        x = torch.randn(2, 1, 9, 64, generator=gen).to(dtype).transpose(1, 2)  # as the model makes q
+        cos, sin = (torch.randn(2, 1, 1, 64, generator=gen).to(dtype) for _ in range(2))
+        assert torch.equal(ops.rope(x, cos, sin), apply_rope(x, cos, sin))
+        assert torch.equal(kernels.rope(x, cos, sin), apply_rope(x, cos, sin))
     prompt = torch.randn(1, 9, 5, 64, generator=gen)  # five tokens: PyTorch's path
     cos5, sin5 = torch.randn(1, 1, 5, 64, generator=gen), torch.randn(1, 1, 5, 64, generator=gen)
     assert torch.equal(kernels.rope(prompt, cos5, sin5), apply_rope(prompt, cos5, sin5))
 
 
-def test_rms_norm_leaves_autograd_and_bfloat16_to_pytorch(ops):
+def test_decode_ops_leave_autograd_and_mixed_dtypes_to_pytorch(ops):
     norm = KernelRMSNorm.from_norm(RMSNorm(64, 1e-6))
     x = torch.randn(1, 1, 64, requires_grad=True)
     norm(x).sum().backward()  # PyTorch's path: a gradient flows
     assert x.grad is not None
-    assert norm.to(torch.bfloat16)(torch.randn(1, 1, 64, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    half = torch.randn(1, 1, 64, dtype=torch.float16)  # float16: not ours, PyTorch's answer
+    with torch.inference_mode():
+        torch.testing.assert_close(norm(half), RMSNorm.forward(norm, half))
+        q, k = torch.randn(1, 2, 1, 32), torch.randn(1, 1, 5, 32, dtype=torch.bfloat16)
+        torch.testing.assert_close(kernels.decode_attention(q, k.float(), k.float(), None),
+                                   attention(q, k.float(), k.float(), None))
+        with pytest.raises(RuntimeError, match="one dtype"):
+            ops.decode_attention(q, k, k)
 
 
 def test_enable_sets_the_seams_and_disable_restores_them(ops, model_and_tokenizer):

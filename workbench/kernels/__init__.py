@@ -11,8 +11,8 @@ Where they apply (all on CPU, inference only, a few rows of x):
   swaps each bias-free float `nn.Linear` for a `KernelLinear` sharing the same weight tensor;
 * the packed layers of `workbench.quant` (int8, int4, Q8_0/Q4_0/Q4_1) use them on their own;
 * the rest of a decode step, after `enable(model)`: RMSNorm, rotary embeddings and attention of one
-  new token per sequence over its KV cache (float32; attention on the AVX-512 backend). PyTorch
-  spends more time per call on these small operations than on their arithmetic.
+  new token per sequence over its KV cache (float32 or bfloat16; attention on the AVX-512 backend).
+  PyTorch spends more time per call on these small operations than on their arithmetic.
 
 One exception to float activations, like llama.cpp's 4-bit dot products: int4 layers round the
 activation row to int8 per block of 32 inputs (scale max|x| / 127) and multiply on integer dot
@@ -154,9 +154,14 @@ def gguf_linear(x: torch.Tensor, raw: torch.Tensor, type_name: str) -> torch.Ten
     return ops.gguf(x, raw, GGUF_TYPES[type_name], x.shape[-1])
 
 
+_DECODE_DTYPES = (torch.float32, torch.bfloat16)
+
+
 def _decode_ops(*tensors):
-    """The extension for float32 decode-size operations on these tensors (no autograd), else None."""
-    if not _enabled or any(t.dtype != torch.float32 or not t.is_cpu for t in tensors):
+    """The extension for decode-size operations on these CPU tensors of one dtype (float32 or
+    bfloat16, no autograd), else None."""
+    dtype = tensors[0].dtype
+    if not _enabled or dtype not in _DECODE_DTYPES or any(t.dtype != dtype or not t.is_cpu for t in tensors):
         return None
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return None
@@ -184,7 +189,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 
 class KernelRMSNorm(RMSNorm):
-    """`RMSNorm` computed by our kernel for float32 rows at decode sizes (the same parameter)."""
+    """`RMSNorm` computed by our kernel for float32 or bfloat16 rows at decode sizes (the same parameter)."""
 
     uses_kernels = True
 

@@ -8,8 +8,9 @@
 // Each chunk keeps its own softmax maximum, sum and weighted values, merged at the end (the
 // online-softmax rule: rescale each part by exp(its max - the overall max)).
 //
-// Shapes (strides in floats, the last axis contiguous): q (B, H, 1, hd), k and v (B, KVH, S, hd),
-// mask (B or 1, 1, 1, S) bool or none, out (B, 1, H * hd). H is a multiple of KVH (at most 16 query
+// Shapes (strides in elements, the last axis contiguous): q (B, H, 1, hd), k and v (B, KVH, S, hd),
+// float32 or bfloat16 (T = uint16_t, widened in registers; sums in float32), mask (B or 1, 1, 1, S)
+// bool or none, out (B, 1, H * hd) float32. H is a multiple of KVH (at most 16 query
 // heads per KV head); hd is 32, 64 or 128 (`fits`).
 
 #ifdef WB_X86
@@ -37,23 +38,28 @@ static inline __m512 exp_neg(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+static inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+static inline __m512 load16(const uint16_t* p) {  // 16 bfloat16 -> float32
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+
 // One chunk [s0, s1) of one KV head for its G query heads: the chunk's max score, sum of
 // exp(score - max) and exp-weighted sum of values, per query head. VECS = hd / 16 is a template
 // argument so that a query and an output row stay in registers; the chunk's K and V rows (16 KB
 // each at hd 64) stay in L1 while the G query heads take their turns.
-template <int VECS>
-static void chunk(const float* const* q, const float* k, const float* v, int64_t ks, const bool* mask, int64_t ms,
+template <typename T, int VECS>
+static void chunk(const T* const* q, const T* k, const T* v, int64_t ks, const bool* mask, int64_t ms,
                   int G, float scale, int64_t s0, int64_t s1, float* m_out, float* l_out, float* o_out) {
   constexpr int64_t hd = 16 * VECS;
   const int64_t n = s1 - s0;
   for (int g = 0; g < G; ++g) {
     float p[CHUNK];
     __m512 qv[VECS];
-    for (int i = 0; i < VECS; ++i) qv[i] = _mm512_loadu_ps(q[g] + 16 * i);
+    for (int i = 0; i < VECS; ++i) qv[i] = load16(q[g] + 16 * i);
     for (int64_t j = 0; j < n; ++j) {
-      const float* kr = k + (s0 + j) * ks;
-      __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
-      for (int i = 1; i < VECS; ++i) acc = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(kr + 16 * i), acc);
+      const T* kr = k + (s0 + j) * ks;
+      __m512 acc = _mm512_mul_ps(qv[0], load16(kr));
+      for (int i = 1; i < VECS; ++i) acc = _mm512_fmadd_ps(qv[i], load16(kr + 16 * i), acc);
       p[j] = mask && !mask[(s0 + j) * ms] ? -INFINITY : _mm512_reduce_add_ps(acc) * scale;
     }
     float m = -INFINITY;
@@ -74,9 +80,9 @@ static void chunk(const float* const* q, const float* k, const float* v, int64_t
       }
       l = _mm512_reduce_add_ps(sum);
       for (int64_t j = 0; j < n; ++j) {
-        const float* vr = v + (s0 + j) * ks;
+        const T* vr = v + (s0 + j) * ks;
         const __m512 w = _mm512_set1_ps(p[j]);
-        for (int i = 0; i < VECS; ++i) o[i] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vr + 16 * i), o[i]);
+        for (int i = 0; i < VECS; ++i) o[i] = _mm512_fmadd_ps(w, load16(vr + 16 * i), o[i]);
       }
     }
     m_out[g] = m, l_out[g] = l;
@@ -89,7 +95,8 @@ static inline bool fits(int64_t hd, int64_t groups) {
   return (hd == 32 || hd == 64 || hd == 128) && groups >= 1 && groups <= MAX_GROUP;
 }
 
-static void decode(const float* q, Strides qs, const float* k, const float* v, Strides kvs, const bool* mask,
+template <typename T>
+static void decode(const T* q, Strides qs, const T* k, const T* v, Strides kvs, const bool* mask,
                    int64_t mb, int64_t ms, float* out, int64_t B, int64_t H, int64_t KVH, int64_t S, int64_t hd,
                    float scale) {
   const int G = (int)(H / KVH);
@@ -99,16 +106,16 @@ static void decode(const float* q, Strides qs, const float* k, const float* v, S
 #pragma omp parallel for schedule(dynamic, 1) if (parallel)
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t b = t / (KVH * chunks), h = t / chunks % KVH, c = t % chunks;
-    const float* qg[MAX_GROUP];
+    const T* qg[MAX_GROUP];
     for (int g = 0; g < G; ++g) qg[g] = q + b * qs.b + (h * G + g) * qs.h;
     const int64_t head = b * kvs.b + h * kvs.h;
     const bool* mrow = mask ? mask + b * mb : nullptr;
     const int64_t s0 = c * CHUNK, s1 = std::min(S, s0 + CHUNK);
     float *mt = &m[t * G], *lt = &l[t * G], *ot = &o[t * G * hd];
     switch (hd) {
-      case 32: chunk<2>(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
-      case 64: chunk<4>(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
-      default: chunk<8>(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
+      case 32: chunk<T, 2>(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
+      case 64: chunk<T, 4>(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
+      default: chunk<T, 8>(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
     }
   }
   for (int64_t b = 0; b < B; ++b)  // merge the chunks of each query head

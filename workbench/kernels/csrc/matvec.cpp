@@ -303,44 +303,85 @@ static at::Tensor gguf(const at::Tensor& x_, const at::Tensor& raw, int64_t type
 
 // ---- the other per-token operations of a decode step, where PyTorch's per-call cost dominates ----
 
-// RMSNorm of float32 rows: weight * (x * 1/sqrt(mean(x^2) + eps)), rounded in the reference's order.
-static at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  const int64_t D = weight.numel();
-  TORCH_CHECK(x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && x.is_contiguous() &&
-              weight.is_contiguous() && x.size(-1) == D, "rms_norm: contiguous float32 x (..., D) and weight (D)");
-  at::Tensor y = at::empty_like(x);
-  const float *xp = x.data_ptr<float>(), *w = weight.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  for (int64_t r = 0; r < x.numel() / D; ++r) {
-    const float* xr = xp + r * D;
+// float32 -> bfloat16, rounding to nearest even like PyTorch's conversion
+static inline uint16_t float_to_bf16(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  if ((b & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((b >> 16) | 0x40);  // NaN stays NaN
+  return (uint16_t)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
+}
+
+// Elements of a float32 or bfloat16 tensor as floats, and results stored back in its dtype (each
+// store rounds, as every PyTorch operation on bfloat16 tensors does).
+template <typename T> static inline float widen(T v);
+template <> inline float widen<float>(float v) { return v; }
+template <> inline float widen<uint16_t>(uint16_t v) { return bf16_to_float(v); }
+template <typename T> static inline T narrow(float v);
+template <> inline float narrow<float>(float v) { return v; }
+template <> inline uint16_t narrow<uint16_t>(float v) { return float_to_bf16(v); }
+
+static bool float_or_bf16(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16;
+}
+
+// RMSNorm rows, as the reference rounds them: weight * (x * 1/sqrt(mean(x^2) + eps)), the
+// normalised row rounded to x's dtype before the product.
+template <typename T>
+static void rms_norm_rows(const T* x, const T* w, T* y, int64_t rows, int64_t D, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * D;
     float ss = 0.0f;
 #pragma omp simd reduction(+ : ss)
-    for (int64_t i = 0; i < D; ++i) ss += xr[i] * xr[i];
-    const float inv = 1.0f / std::sqrt(ss / (float)D + (float)eps);
-    for (int64_t i = 0; i < D; ++i) yp[r * D + i] = w[i] * (xr[i] * inv);
+    for (int64_t i = 0; i < D; ++i) ss += widen(xr[i]) * widen(xr[i]);
+    const float inv = 1.0f / std::sqrt(ss / (float)D + eps);
+    for (int64_t i = 0; i < D; ++i) y[r * D + i] = narrow<T>(widen(w[i]) * widen(narrow<T>(widen(xr[i]) * inv)));
   }
+}
+
+static at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  const int64_t D = weight.numel();
+  TORCH_CHECK(float_or_bf16(x) && x.scalar_type() == weight.scalar_type() && x.is_contiguous() &&
+              weight.is_contiguous() && x.size(-1) == D,
+              "rms_norm: contiguous x (..., D) and weight (D) of one dtype, float32 or bfloat16");
+  at::Tensor y = at::empty_like(x);
+  if (x.scalar_type() == at::kFloat)
+    rms_norm_rows(x.data_ptr<float>(), weight.data_ptr<float>(), y.data_ptr<float>(), x.numel() / D, D, (float)eps);
+  else
+    rms_norm_rows((const uint16_t*)x.data_ptr(), (const uint16_t*)weight.data_ptr(), (uint16_t*)y.data_ptr(),
+                  x.numel() / D, D, (float)eps);
   return y;
 }
 
-// Rotary embedding of one new token per sequence: x (B, H, 1, hd), any strides with the last axis
-// contiguous; cos, sin (B, 1, 1, hd) contiguous. x * cos + rotate_half(x) * sin, contiguous.
-static at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 4 && x.size(2) == 1 && x.stride(3) == 1,
-              "rope: float32 x (B, H, 1, hd) with a contiguous last axis");
-  const int64_t B = x.size(0), H = x.size(1), hd = x.size(3), half = hd / 2;
-  TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.is_contiguous() &&
-              sin.is_contiguous() && cos.numel() == B * hd && sin.numel() == B * hd && hd % 2 == 0,
-              "rope: contiguous float32 cos and sin of shape (B, 1, 1, hd)");
-  at::Tensor y = at::empty({B, H, 1, hd}, x.options());
-  float* yp = y.data_ptr<float>();
+// x * cos + rotate_half(x) * sin, each operation rounded to T as PyTorch's would be.
+template <typename T>
+static void rope_rows(const at::Tensor& x, const T* cos, const T* sin, T* y, int64_t B, int64_t H, int64_t hd) {
+  const int64_t half = hd / 2;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h) {
-      const float* xr = x.data_ptr<float>() + b * x.stride(0) + h * x.stride(1);
-      const float *c = cos.data_ptr<float>() + b * hd, *s = sin.data_ptr<float>() + b * hd;
-      float* yr = yp + (b * H + h) * hd;
-      for (int64_t i = 0; i < half; ++i) yr[i] = xr[i] * c[i] + (-xr[i + half]) * s[i];
-      for (int64_t i = half; i < hd; ++i) yr[i] = xr[i] * c[i] + xr[i - half] * s[i];
+      const T* xr = (const T*)x.data_ptr() + b * x.stride(0) + h * x.stride(1);
+      const T *c = cos + b * hd, *s = sin + b * hd;
+      T* yr = y + (b * H + h) * hd;
+      for (int64_t i = 0; i < hd; ++i) {
+        const float rotated = i < half ? -widen(xr[i + half]) : widen(xr[i - half]);
+        yr[i] = narrow<T>(widen(narrow<T>(widen(xr[i]) * widen(c[i]))) + widen(narrow<T>(rotated * widen(s[i]))));
+      }
     }
+}
+
+// Rotary embedding of one new token per sequence: x (B, H, 1, hd), any strides with the last axis
+// contiguous; cos, sin (B, 1, 1, hd) contiguous, of x's dtype. The result is contiguous.
+static at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(float_or_bf16(x) && x.dim() == 4 && x.size(2) == 1 && x.stride(3) == 1,
+              "rope: float32 or bfloat16 x (B, H, 1, hd) with a contiguous last axis");
+  const int64_t B = x.size(0), H = x.size(1), hd = x.size(3);
+  TORCH_CHECK(cos.scalar_type() == x.scalar_type() && sin.scalar_type() == x.scalar_type() && cos.is_contiguous() &&
+              sin.is_contiguous() && cos.numel() == B * hd && sin.numel() == B * hd && hd % 2 == 0,
+              "rope: contiguous cos and sin of shape (B, 1, 1, hd) in x's dtype");
+  at::Tensor y = at::empty({B, H, 1, hd}, x.options());
+  if (x.scalar_type() == at::kFloat)
+    rope_rows(x, cos.data_ptr<float>(), sin.data_ptr<float>(), y.data_ptr<float>(), B, H, hd);
+  else
+    rope_rows(x, (const uint16_t*)cos.data_ptr(), (const uint16_t*)sin.data_ptr(), (uint16_t*)y.data_ptr(), B, H, hd);
   return y;
 }
 
@@ -360,8 +401,8 @@ static at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, con
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && q.size(2) == 1, "decode_attention: q (B, H, 1, hd), "
               "k and v (B, KVH, S, hd)");
   const int64_t B = q.size(0), H = q.size(1), hd = q.size(3), KVH = k.size(1), S = k.size(2);
-  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
-              "decode_attention: float32 tensors");
+  TORCH_CHECK(float_or_bf16(q) && k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "decode_attention: q, k and v of one dtype, float32 or bfloat16");
   TORCH_CHECK(k.sizes() == v.sizes() && k.strides() == v.strides() && k.size(0) == B && k.size(3) == hd &&
               q.stride(3) == 1 && k.stride(3) == 1 && H % KVH == 0 && S >= 1,
               "decode_attention: k and v of one shape and layout, contiguous last axes, H a multiple of KVH");
@@ -376,13 +417,18 @@ static at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, con
                 (m.size(0) == 1 || m.size(0) == B), "decode_attention: a bool mask (B or 1, 1, 1, S)");
     mp = m.data_ptr<bool>(), mb = m.size(0) == 1 ? 0 : m.stride(0), ms = m.stride(3);
   }
-  at::Tensor out = at::empty({B, 1, H * hd}, q.options());
+  at::Tensor out = at::empty({B, 1, H * hd}, q.options().dtype(at::kFloat));  // sums in float32
 #ifdef WB_X86
-  attn512::decode(q.data_ptr<float>(), {q.stride(0), q.stride(1), 0}, k.data_ptr<float>(), v.data_ptr<float>(),
-                  {k.stride(0), k.stride(1), k.stride(2)}, mp, mb, ms, out.data_ptr<float>(), B, H, KVH, S, hd,
-                  1.0f / std::sqrt((float)hd));
+  const attn512::Strides qs{q.stride(0), q.stride(1), 0}, kvs{k.stride(0), k.stride(1), k.stride(2)};
+  const float scale = 1.0f / std::sqrt((float)hd);
+  if (q.scalar_type() == at::kFloat)
+    attn512::decode(q.data_ptr<float>(), qs, k.data_ptr<float>(), v.data_ptr<float>(), kvs, mp, mb, ms,
+                    out.data_ptr<float>(), B, H, KVH, S, hd, scale);
+  else
+    attn512::decode((const uint16_t*)q.data_ptr(), qs, (const uint16_t*)k.data_ptr(), (const uint16_t*)v.data_ptr(),
+                    kvs, mp, mb, ms, out.data_ptr<float>(), B, H, KVH, S, hd, scale);
 #endif
-  return out;
+  return finish(out, q);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -399,7 +445,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("has_vnni", &has_vnni, "whether int4_q8 runs on integer dot products (AVX-512 VNNI) here");
   m.def("gguf", &gguf, "GGUFBlockLinear's product", py::arg("x"), py::arg("raw"), py::arg("type"),
         py::arg("in_features"));
-  m.def("rms_norm", &rms_norm, "RMSNorm of float32 rows", py::arg("x"), py::arg("weight"), py::arg("eps"));
+  m.def("rms_norm", &rms_norm, "RMSNorm of float32 or bfloat16 rows", py::arg("x"), py::arg("weight"), py::arg("eps"));
   m.def("rope", &rope, "rotary embedding of one token per sequence", py::arg("x"), py::arg("cos"), py::arg("sin"));
   m.def("decode_attention", &decode_attention, "attention of one query per sequence over its cache", py::arg("q"),
         py::arg("k"), py::arg("v"), py::arg("mask") = py::none());
