@@ -258,7 +258,8 @@ def cmd_ppl(args):
                    batch_size=args.batch_size, chunk_tokens=args.chunk_tokens, progress=not args.json)
     result = {"ppl": r.ppl, "tokens": r.tokens, "predictions": r.predictions, "window": r.window,
               "stride": r.stride, "chunk_tokens": args.chunk_tokens, "nll": r.nll,
-              "text": args.text_file or "built-in evaluation part", "model": args.model, "dtype": args.dtype, "quant": args.quant, "prune": args.prune}
+              "text": args.text_file or "built-in evaluation part", "model": args.model, "dtype": args.dtype,
+              "quant": args.quant, "prune": args.prune}
     _emit(args, result, f"perplexity {r.ppl:.4f} over {r.predictions} predictions "
                         f"({r.tokens} tokens, window {r.window}, stride {r.stride})")
 

@@ -81,8 +81,9 @@ class KVCache:
 
     Every cache (this one, the engine's paged and int8 caches) answers the calls `LlamaModel.forward`
     makes: `prepare(input_ids)` -> positions of the new tokens, `attend(layer, q, k, v, attention_fn)`
-    (store the new keys/values, attend over everything cached with `attention_fn`, `attention`'s signature), `advance()` once the layers ran, and
-    `last(x)` -> each sequence's last hidden state.
+    (store the new keys/values, attend over everything cached with `attention_fn`, which has
+    `attention`'s signature), `advance()` once the layers ran, and `last(x)` -> each sequence's last
+    hidden state.
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype,

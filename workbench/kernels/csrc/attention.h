@@ -9,13 +9,13 @@
 // online-softmax rule: rescale each part by exp(its max - the overall max)).
 //
 // Shapes (strides in elements, the last axis contiguous): q (B, H, 1, hd), k and v (B, KVH, S, hd),
-// float32 or bfloat16 (T = uint16_t, widened in registers; sums in float32), mask (B or 1, 1, 1, S)
+// float32 or bfloat16 (T = uint16_t, widened in registers by vec.h's loads; sums in float32), mask (B or 1, 1, 1, S)
 // bool or none, out (B, 1, H * hd) float32. H is a multiple of KVH (at most 16 query
 // heads per KV head); hd is 32, 64 or 128 (`fits`).
 
 #ifdef WB_X86
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")  // as VecAVX512, so its loads inline
 namespace attn512 {
 
 constexpr int64_t CHUNK = 64, MAX_GROUP = 16;  // positions per chunk, query heads per KV head
@@ -38,11 +38,6 @@ static inline __m512 exp_neg(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-static inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-static inline __m512 load16(const uint16_t* p) {  // 16 bfloat16 -> float32
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
-}
-
 // One chunk [s0, s1) of one KV head for its G query heads: the chunk's max score, sum of
 // exp(score - max) and exp-weighted sum of values, per query head. VECS = hd / 16 is a template
 // argument so that a query and an output row stay in registers; the chunk's K and V rows (16 KB
@@ -55,11 +50,11 @@ static void chunk(const T* const* q, const T* k, const T* v, int64_t ks, const b
   for (int g = 0; g < G; ++g) {
     float p[CHUNK];
     __m512 qv[VECS];
-    for (int i = 0; i < VECS; ++i) qv[i] = load16(q[g] + 16 * i);
+    for (int i = 0; i < VECS; ++i) qv[i] = VecAVX512::load_w(q[g] + 16 * i);
     for (int64_t j = 0; j < n; ++j) {
       const T* kr = k + (s0 + j) * ks;
-      __m512 acc = _mm512_mul_ps(qv[0], load16(kr));
-      for (int i = 1; i < VECS; ++i) acc = _mm512_fmadd_ps(qv[i], load16(kr + 16 * i), acc);
+      __m512 acc = _mm512_mul_ps(qv[0], VecAVX512::load_w(kr));
+      for (int i = 1; i < VECS; ++i) acc = _mm512_fmadd_ps(qv[i], VecAVX512::load_w(kr + 16 * i), acc);
       p[j] = mask && !mask[(s0 + j) * ms] ? -INFINITY : _mm512_reduce_add_ps(acc) * scale;
     }
     float m = -INFINITY;
@@ -82,7 +77,7 @@ static void chunk(const T* const* q, const T* k, const T* v, int64_t ks, const b
       for (int64_t j = 0; j < n; ++j) {
         const T* vr = v + (s0 + j) * ks;
         const __m512 w = _mm512_set1_ps(p[j]);
-        for (int i = 0; i < VECS; ++i) o[i] = _mm512_fmadd_ps(w, load16(vr + 16 * i), o[i]);
+        for (int i = 0; i < VECS; ++i) o[i] = _mm512_fmadd_ps(w, VecAVX512::load_w(vr + 16 * i), o[i]);
       }
     }
     m_out[g] = m, l_out[g] = l;

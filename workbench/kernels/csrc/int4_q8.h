@@ -137,7 +137,8 @@ static inline float zero_term16(const float* scale, const uint8_t* zero, const f
   for (int64_t g = 0; g < groups; g += 16) {
     const __mmask16 k = groups - g >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (groups - g)) - 1);
     const __m512 z = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, zero + g)));
-    acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, scale + g), z), _mm512_maskz_loadu_ps(k, xsum + g), acc);
+    const __m512 sz = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, scale + g), z);
+    acc = _mm512_fmadd_ps(sz, _mm512_maskz_loadu_ps(k, xsum + g), acc);
   }
   return _mm512_reduce_add_ps(acc);
 }

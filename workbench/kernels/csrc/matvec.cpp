@@ -394,8 +394,8 @@ static bool decode_attention_fits(int64_t head_dim, int64_t groups) {
 #endif
 }
 
-// One query per sequence (attention.h): q (B, H, 1, hd), k and v (B, KVH, S, hd) float32 with a
-// contiguous last axis, mask (B or 1, 1, 1, S) bool or none -> (B, 1, H * hd).
+// One query per sequence (attention.h): q (B, H, 1, hd), k and v (B, KVH, S, hd), float32 or bfloat16
+// with a contiguous last axis, mask (B or 1, 1, 1, S) bool or none -> (B, 1, H * hd) in q's dtype.
 static at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const c10::optional<at::Tensor>& mask) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && q.size(2) == 1, "decode_attention: q (B, H, 1, hd), "
