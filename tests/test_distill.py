@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import workbench
 from workbench.cli import main
 from workbench.config import ModelConfig
-from workbench.distill import (Blocks, HiddenProjection, TrainConfig, append_results_row, build_student,
+from workbench.distill import (TrainingWindows, HiddenProjection, TrainConfig, append_results_row, build_student,
                                distill, distillation_loss, evenly_spaced, forward_kl, hidden_mse, reverse_kl,
                                teacher_written_ids, training_ids)
 from workbench.errors import DistillationError, EmptyTextError, InvalidParameterError, ResumeError
@@ -162,15 +162,15 @@ def test_train_part_never_overlaps_evaluation():
     assert train == builtin_text("calibration")
 
 
-def test_blocks_are_seeded_and_cover_each_epoch():
+def test_training_windows_are_seeded_and_cover_each_epoch():
     ids = list(range(100))
-    blocks = Blocks(ids, seq_len=10, batch_size=3, seed=7)
-    epoch = torch.cat([blocks[k] for k in range(blocks.per_epoch)])
-    assert blocks.per_epoch == 3 and len(set(epoch[:, 0].tolist())) == 9  # no block twice within an epoch
-    assert torch.equal(blocks[4], Blocks(ids, 10, 3, seed=7)[4])
-    assert not torch.equal(torch.cat([blocks[k] for k in range(3)]), torch.cat([blocks[k] for k in range(3, 6)]))
-    with pytest.raises(EmptyTextError, match="block"):
-        Blocks(ids[:15], seq_len=10, batch_size=2)
+    windows = TrainingWindows(ids, seq_len=10, batch_size=3, seed=7)
+    epoch = torch.cat([windows[k] for k in range(windows.per_epoch)])
+    assert windows.per_epoch == 3 and len(set(epoch[:, 0].tolist())) == 9  # no window twice within an epoch
+    assert torch.equal(windows[4], TrainingWindows(ids, 10, 3, seed=7)[4])
+    assert not torch.equal(torch.cat([windows[k] for k in range(3)]), torch.cat([windows[k] for k in range(3, 6)]))
+    with pytest.raises(EmptyTextError, match="window"):
+        TrainingWindows(ids[:15], seq_len=10, batch_size=2)
 
 
 def test_training_text_sources(teacher, tmp_path):

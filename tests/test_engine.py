@@ -48,7 +48,7 @@ def test_engine_equals_one_at_a_time(tiny, name):
     outs = engine.generate(prompts, greedy(14))
     assert [o.token_ids for o in outs] == [alone(model, p, 14) for p in prompts]
     assert all(o.finished and o.finish_reason == "length" for o in outs)
-    assert engine.blocks.num_free == engine.blocks.num_blocks
+    assert engine.block_manager.num_free == engine.block_manager.num_blocks
     if name == "preempting":
         assert engine.scheduler.num_preemptions > 0
     if name == "chunked":
@@ -65,11 +65,11 @@ def test_prefix_cache_shares_a_system_prompt_and_collisions_stay_exact(tiny):
     assert [o.token_ids for o in first + rest] == [alone(model, p, 5) for p in prompts]
 
     colliding = Engine(model, config=EngineConfig(block_size=4, num_blocks=100))
-    colliding.blocks.prefix.hash_fn = lambda prev, tokens: 0  # every block has the same hash
+    colliding.block_manager.prefix.hash_fn = lambda prev, tokens: 0  # every block has the same hash
     other = prompts_of([30], seed=2)
     outs = colliding.generate([other[0], prompts[0]], greedy(5))
     assert [o.token_ids for o in outs] == [alone(model, other[0], 5), alone(model, prompts[0], 5)]
-    assert colliding.blocks.num_free == colliding.blocks.num_blocks
+    assert colliding.block_manager.num_free == colliding.block_manager.num_blocks
 
 
 def test_bundled_model_batched_and_paged_equal_one_at_a_time(model_and_tokenizer):
@@ -124,7 +124,7 @@ def test_bad_requests_fail_alone(tiny):
         EngineConfig(policy="round-robin")
     (out,) = engine.run()
     assert out.request_id == good and out.token_ids == alone(model, prompts_of([5])[0], 6)
-    assert engine.blocks.num_free == engine.blocks.num_blocks
+    assert engine.block_manager.num_free == engine.block_manager.num_blocks
 
 
 def test_abort_frees_blocks_and_others_finish(tiny):
@@ -135,7 +135,7 @@ def test_abort_frees_blocks_and_others_finish(tiny):
     assert engine.abort(a) and not engine.abort("nope")
     done = engine.run()
     assert [o.request_id for o in done] == [b]
-    assert engine.blocks.num_free == engine.blocks.num_blocks
+    assert engine.block_manager.num_free == engine.block_manager.num_blocks
 
 
 def test_static_batches_wait_for_the_slowest(tiny):

@@ -20,15 +20,15 @@ def test_blocks_are_counted_shared_and_all_freed():
     a, b = BlockTable(), BlockTable()
     tokens = list(range(100, 110))                      # 10 tokens: blocks of 4, 4 and 2
     m.grow(a, len(tokens))
-    assert len(a.blocks) == 3 and m.num_free == 5
+    assert len(a.block_ids) == 3 and m.num_free == 5
     m.computed(a, tokens, len(tokens))                  # two full blocks enter the prefix cache
     m.reuse_prefix(b, tokens[:9] + [7])                 # same first 8 tokens: shares both full blocks
-    assert b.blocks == a.blocks[:2] and b.num_computed == 8
-    assert [m.blocks[i].ref_count for i in a.blocks] == [2, 2, 1]
+    assert b.block_ids == a.block_ids[:2] and b.num_computed == 8
+    assert [m.kv_blocks[i].ref_count for i in a.block_ids] == [2, 2, 1]
     m.release(a)
     assert m.num_free == 6                              # the shared blocks are still held by b
     m.release(b)
-    assert m.num_free == 8 and all(blk.ref_count == 0 for blk in m.blocks)
+    assert m.num_free == 8 and all(blk.ref_count == 0 for blk in m.kv_blocks)
 
 
 def test_freed_prefix_is_found_again_until_evicted():
@@ -47,7 +47,7 @@ def test_freed_prefix_is_found_again_until_evicted():
     m.release(c)
     d = BlockTable()
     m.reuse_prefix(d, tokens)
-    assert d.blocks == [] and d.num_computed == 0
+    assert d.block_ids == [] and d.num_computed == 0
 
 
 def test_hash_collisions_never_share_different_tokens():
@@ -56,11 +56,11 @@ def test_hash_collisions_never_share_different_tokens():
     m.grow(a, 4)
     m.computed(a, [1, 2, 3, 4], 4)
     m.reuse_prefix(b, [1, 2, 9, 9, 5])                  # the first block matches, the second does not
-    assert b.blocks == a.blocks[:1]                     # never the block holding [3, 4]
+    assert b.block_ids == a.block_ids[:1]                     # never the block holding [3, 4]
     m.release(b)
     c = BlockTable()
     m.reuse_prefix(c, [5, 6, 7])                        # hash 0 is taken by [1, 2]: a collision, a miss
-    assert c.blocks == []
+    assert c.block_ids == []
 
 
 def test_grow_refuses_more_blocks_than_free():
@@ -101,9 +101,9 @@ def test_paged_attention_equals_contiguous_for_mixed_segments(tiny):
     for seq, table, done in zip(seqs, tables, before):
         blocks.grow(table, len(seq))
         if done:
-            prefill = [(table.blocks, 0, done)]
+            prefill = [(table.block_ids, 0, done)]
             model(torch.tensor([seq[:done]]), PagedKVCache(pool, prefill, "cpu"))
-        segments.append((table.blocks, done, len(seq) - done))
+        segments.append((table.block_ids, done, len(seq) - done))
     ids = [t for seq, done in zip(seqs, before) for t in seq[done:]]
     paged = model(torch.tensor([ids]), PagedKVCache(pool, segments, "cpu"), last_only=True)[:, -1]
     alone = torch.cat([model(torch.tensor([s]), last_only=True)[:, -1] for s in seqs])

@@ -55,7 +55,7 @@ def bench_batching(model, tokenizer, *, policy: str = "continuous", requests: in
     summary = summarize(df)
     summary.update(
         policy=policy, outputs_match_reference=all(o.token_ids == ref for o, ref in zip(outputs, reference)),
-        all_blocks_free=engine.blocks.num_free == engine.blocks.num_blocks, num_blocks=num_blocks,
+        all_blocks_free=engine.block_manager.num_free == engine.block_manager.num_blocks, num_blocks=num_blocks,
         block_size=block_size, peak_blocks=engine.stats.peak_blocks, preemptions=engine.scheduler.num_preemptions,
         kv_waste_paged=engine.stats.paged_waste, kv_waste_contiguous=engine.stats.contiguous_waste,
         mean_batch=sum(engine.stats.batch_sizes) / max(len(engine.stats.batch_sizes), 1), steps=engine.stats.steps,

@@ -1,4 +1,4 @@
-"""Training data for distillation: token ids cut into fixed-length blocks, read in a seeded order.
+"""Training data for distillation: token ids cut into fixed-length windows, read in a seeded order.
 
 Sources: the built-in corpus's *train* part (never its evaluation part; see `workbench.eval.corpus`),
 the user's UTF-8 text files, or text the teacher writes itself (sequence-level distillation).
@@ -59,8 +59,8 @@ def fingerprint(ids: list[int]) -> str:
     return hashlib.sha256(torch.tensor(ids, dtype=torch.int64).numpy().tobytes()).hexdigest()[:16]
 
 
-class Blocks:
-    """Non-overlapping blocks of `seq_len` tokens, served `batch_size` at a time in a seeded order.
+class TrainingWindows:
+    """Non-overlapping windows of `seq_len` tokens, served `batch_size` at a time in a seeded order.
 
     Batch number k is a pure function of (ids, seq_len, batch_size, seed, k): each epoch draws its
     own permutation from a generator seeded with (seed, epoch), so a resumed run that knows how many
@@ -70,7 +70,7 @@ class Blocks:
     def __init__(self, ids: list[int], seq_len: int, batch_size: int, seed: int = 0):
         count = len(ids) // seq_len
         if count < batch_size:
-            raise EmptyTextError(f"training text of {len(ids)} tokens makes {count} block(s) of {seq_len} tokens; "
+            raise EmptyTextError(f"training text of {len(ids)} tokens makes {count} window(s) of {seq_len} tokens; "
                                  f"a batch needs {batch_size} (give more text, or a smaller seq_len / batch_size)")
         self.data = torch.tensor(ids[:count * seq_len], dtype=torch.long).view(count, seq_len)
         self.batch_size, self.seed = batch_size, seed

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import DistillationError, ResumeError
 from ..eval import perplexity
 from ..io import atomic_write_bytes, atomic_write_text
-from .data import Blocks, fingerprint
+from .data import TrainingWindows, fingerprint
 from .losses import LOSSES, HiddenProjection, distillation_loss, hard_cross_entropy, hidden_mse
 from .students import evenly_spaced
 
@@ -147,7 +147,7 @@ def distill(student, teacher, train_ids: list[int], config: TrainConfig, *, eval
     if config.seq_len > student.config.max_position_embeddings:
         raise DistillationError(f"seq_len {config.seq_len} exceeds the student's context of "
                                 f"{student.config.max_position_embeddings} tokens")
-    blocks = Blocks(train_ids, config.seq_len, config.batch_size, config.seed)
+    windows = TrainingWindows(train_ids, config.seq_len, config.batch_size, config.seed)
     device = student.device
     projection = pairs = None
     if config.hidden_weight > 0:
@@ -200,7 +200,7 @@ def distill(student, teacher, train_ids: list[int], config: TrainConfig, *, eval
             step_start = time.perf_counter()
             record = {"step": step + 1, "loss": 0.0, "ce": 0.0, "lr": scheduler.get_last_lr()[0]}
             for micro in range(config.grad_accum):
-                batch = blocks[step * config.grad_accum + micro].to(device)
+                batch = windows[step * config.grad_accum + micro].to(device)
                 inputs, targets = batch[:, :-1], batch[:, 1:]
                 if pairs:  # drop states that an evaluation pass left behind
                     student_hidden.take(), teacher_hidden.take()

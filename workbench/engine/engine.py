@@ -124,9 +124,9 @@ class Engine:
                                      f"{model.config.max_position_embeddings}")
         self.pool = BlockPool(model.config, self._num_blocks(model), config.block_size, model.dtype, model.device,
                               config.kv_dtype)
-        self.blocks = BlockManager(self.pool.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.block_manager = BlockManager(self.pool.num_blocks, config.block_size, config.enable_prefix_caching)
         budget = config.max_num_batched_tokens or self.max_model_len
-        self.scheduler = Scheduler(self.blocks, config.batching, config.max_num_seqs, budget, config.chunked_prefill)
+        self.scheduler = Scheduler(self.block_manager, config.batching, config.max_num_seqs, budget, config.chunked_prefill)
         if tokenizer is not None:
             self.stop_token_ids = set(tokenizer.stop_token_ids)
         else:
@@ -171,8 +171,8 @@ class Engine:
         if needed > self.max_model_len:
             raise ContextLengthError(f"prompt of {len(ids)} tokens + max_tokens {params.max_tokens} exceeds the "
                                      f"engine's context of {self.max_model_len} tokens")
-        if self.blocks.blocks_for(needed) > self.blocks.num_blocks:
-            raise pool_too_small(self.blocks.num_blocks, self.config.block_size, needed)
+        if self.block_manager.blocks_for(needed) > self.block_manager.num_blocks:
+            raise pool_too_small(self.block_manager.num_blocks, self.config.block_size, needed)
         if not self.config.chunked_prefill and needed > self.scheduler.max_num_batched_tokens:
             # a preempted request is recomputed in one step: its prompt and output must fit the budget
             raise InvalidParameterError(f"prompt of {len(ids)} tokens + max_tokens {params.max_tokens} exceeds "
@@ -226,18 +226,18 @@ class Engine:
             self.last_schedule = [(seq.request_id, n) for seq, n in batch]
             if not batch:
                 return []
-            in_use = self.blocks.num_blocks - self.blocks.num_free
+            in_use = self.block_manager.num_blocks - self.block_manager.num_free
             self.stats.peak_blocks = max(self.stats.peak_blocks, in_use)
             ids, segments = [], []
             for seq, n in batch:
                 start = seq.table.num_computed
                 ids.extend(seq.token_ids[start:start + n])
-                segments.append((seq.table.blocks, start, n))
+                segments.append((seq.table.block_ids, start, n))
             device = self.model.device
             view = PagedKVCache(self.pool, segments, device)
             logits = self.model(torch.tensor([ids], device=device), view, last_only=True)[:, -1]
             for seq, n in batch:
-                self.blocks.computed(seq.table, seq.token_ids, seq.table.num_computed + n)
+                self.block_manager.computed(seq.table, seq.token_ids, seq.table.num_computed + n)
             ready = [i for i, (seq, _) in enumerate(batch) if seq.remaining == 0]
             tokens = self._sample(logits, [batch[i][0] for i in ready], ready)
             now = clock()
@@ -299,7 +299,7 @@ class Engine:
         s.tokens_computed += sum(n for _, n in batch)
         s.batch_sizes.append(len(batch))
         tables = [seq.table for seq in self.scheduler.running]
-        allocated, used = self.blocks.usage(tables)
+        allocated, used = self.block_manager.usage(tables)
         s.allocated_slot_steps += allocated
         s.used_slot_steps += used
         s.contiguous_slot_steps += len(tables) * self.max_model_len

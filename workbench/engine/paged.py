@@ -78,7 +78,7 @@ class BlockPool:
 
 
 @dataclass
-class Block:
+class KVBlock:
     id: int
     ref_count: int = 0
     hash: int | None = None           # set once the block is full and registered in the prefix cache
@@ -88,7 +88,7 @@ class Block:
 @dataclass
 class BlockTable:
     """One sequence's blocks, and how many of its leading positions hold computed keys/values."""
-    blocks: list[int] = field(default_factory=list)
+    block_ids: list[int] = field(default_factory=list)
     num_computed: int = 0
     num_hashed: int = 0               # positions of the leading full blocks already offered to the prefix cache
     last_hash: int | None = None      # hash of the last of those blocks (the next one chains from it)
@@ -106,13 +106,13 @@ class BlockManager:
             raise CapacityError(f"a block pool needs at least one block of at least one slot, got "
                                 f"{num_blocks} blocks of {block_size}")
         self.block_size = block_size
-        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.kv_blocks = [KVBlock(i) for i in range(num_blocks)]
         self.free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self.prefix = PrefixCache(hash_fn) if enable_prefix_caching else None
 
     @property
     def num_blocks(self) -> int:
-        return len(self.blocks)
+        return len(self.kv_blocks)
 
     @property
     def num_free(self) -> int:
@@ -123,14 +123,14 @@ class BlockManager:
 
     def _take(self) -> int:
         block_id, _ = self.free.popitem(last=False)
-        block = self.blocks[block_id]
+        block = self.kv_blocks[block_id]
         if self.prefix is not None and block.hash is not None:
             self.prefix.forget(block)     # evicted: its old contents are about to be overwritten
         block.ref_count, block.hash, block.token_ids = 1, None, ()
         return block_id
 
     def _share(self, block_id: int):
-        block = self.blocks[block_id]
+        block = self.kv_blocks[block_id]
         if block.ref_count == 0:
             del self.free[block_id]
         block.ref_count += 1
@@ -140,21 +140,21 @@ class BlockManager:
 
         The last token is never taken from the cache: it must run through the model to give logits.
         """
-        if self.prefix is None or table.blocks:
+        if self.prefix is None or table.block_ids:
             return
-        for block_id, h in self.prefix.lookup(token_ids[:-1], self.blocks, self.block_size):
+        for block_id, h in self.prefix.lookup(token_ids[:-1], self.kv_blocks, self.block_size):
             self._share(block_id)
-            table.blocks.append(block_id)
+            table.block_ids.append(block_id)
             table.last_hash = h
-        table.num_computed = table.num_hashed = len(table.blocks) * self.block_size
+        table.num_computed = table.num_hashed = len(table.block_ids) * self.block_size
 
     def can_grow(self, table: BlockTable, num_tokens: int) -> bool:
-        return self.blocks_for(num_tokens) - len(table.blocks) <= self.num_free
+        return self.blocks_for(num_tokens) - len(table.block_ids) <= self.num_free
 
     def grow(self, table: BlockTable, num_tokens: int):
         """Give `table` blocks for its first `num_tokens` positions (check `can_grow` first)."""
-        for _ in range(self.blocks_for(num_tokens) - len(table.blocks)):
-            table.blocks.append(self._take())
+        for _ in range(self.blocks_for(num_tokens) - len(table.block_ids)):
+            table.block_ids.append(self._take())
 
     def computed(self, table: BlockTable, token_ids: list[int], num_computed: int):
         """Record that positions < num_computed hold keys/values; register newly full blocks."""
@@ -163,18 +163,18 @@ class BlockManager:
             return
         bs = self.block_size
         while (table.num_hashed + bs) <= num_computed:
-            block = self.blocks[table.blocks[table.num_hashed // bs]]
+            block = self.kv_blocks[table.block_ids[table.num_hashed // bs]]
             table.num_hashed += bs
             table.last_hash = self.prefix.register(block, table.last_hash, tuple(token_ids[:table.num_hashed]), bs)
 
     def release(self, table: BlockTable):
         """Drop the sequence's references; blocks nobody uses go back to the free list."""
-        for block_id in reversed(table.blocks):  # the tail first: evicted before the shared prefix
-            block = self.blocks[block_id]
+        for block_id in reversed(table.block_ids):  # the tail first: evicted before the shared prefix
+            block = self.kv_blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
                 self.free[block_id] = None
-        table.blocks, table.num_computed, table.num_hashed, table.last_hash = [], 0, 0, None
+        table.block_ids, table.num_computed, table.num_hashed, table.last_hash = [], 0, 0, None
 
     def usage(self, tables) -> tuple[int, int]:
         """(slots allocated, slots holding a computed position) over the blocks the tables use;
@@ -182,7 +182,7 @@ class BlockManager:
         filled: dict[int, int] = {}
         bs = self.block_size
         for t in tables:
-            for i, block_id in enumerate(t.blocks):
+            for i, block_id in enumerate(t.block_ids):
                 filled[block_id] = max(filled.get(block_id, 0), min(bs, max(0, t.num_computed - i * bs)))
         return len(filled) * bs, sum(filled.values())
 

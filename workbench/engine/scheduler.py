@@ -52,9 +52,9 @@ class Sequence:
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, policy: Policy, max_num_seqs: int, max_num_batched_tokens: int,
+    def __init__(self, block_manager: BlockManager, policy: Policy, max_num_seqs: int, max_num_batched_tokens: int,
                  chunked_prefill: bool):
-        self.blocks, self.policy = blocks, policy
+        self.block_manager, self.policy = block_manager, policy
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
         self.chunked_prefill = chunked_prefill
         self.waiting: deque[Sequence] = deque()
@@ -77,13 +77,13 @@ class Scheduler:
             if n == 0:  # the budget is spent: this one waits a step (only with chunked prefill)
                 kept.append(seq)
                 continue
-            while not self.blocks.can_grow(seq.table, seq.table.num_computed + n):
+            while not self.block_manager.can_grow(seq.table, seq.table.num_computed + n):
                 victim = queue.pop() if queue else seq
                 self._preempt(victim)
                 if victim is seq:
                     break
             else:
-                self.blocks.grow(seq.table, seq.table.num_computed + n)
+                self.block_manager.grow(seq.table, seq.table.num_computed + n)
                 scheduled.append((seq, n))
                 kept.append(seq)
                 budget -= n
@@ -96,15 +96,15 @@ class Scheduler:
             seq = self.waiting[0]
             if not seq.preempted and allowed == 0:
                 break
-            self.blocks.reuse_prefix(seq.table, seq.token_ids)
+            self.block_manager.reuse_prefix(seq.table, seq.token_ids)
             n = seq.remaining
             if n > budget and not self.chunked_prefill:
                 n = 0
             n = min(n, budget)
-            if n == 0 or not self.blocks.can_grow(seq.table, seq.table.num_computed + n):
-                self.blocks.release(seq.table)  # give the shared prefix back; try again next step
+            if n == 0 or not self.block_manager.can_grow(seq.table, seq.table.num_computed + n):
+                self.block_manager.release(seq.table)  # give the shared prefix back; try again next step
                 break
-            self.blocks.grow(seq.table, seq.table.num_computed + n)
+            self.block_manager.grow(seq.table, seq.table.num_computed + n)
             self.waiting.popleft()
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = now
@@ -117,7 +117,7 @@ class Scheduler:
         return scheduled
 
     def _preempt(self, seq: Sequence):
-        self.blocks.release(seq.table)
+        self.block_manager.release(seq.table)
         seq.preempted = True
         seq.num_preemptions += 1
         self.num_preemptions += 1
@@ -129,4 +129,4 @@ class Scheduler:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
-        self.blocks.release(seq.table)
+        self.block_manager.release(seq.table)
