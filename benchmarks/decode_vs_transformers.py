@@ -46,7 +46,7 @@ from workbench.bench.timing import median, now  # noqa: E402
 from workbench.checkpoints import load_model  # noqa: E402
 from workbench.engine import SamplingParams, generate_ids  # noqa: E402
 from workbench.io import atomic_write_json, atomic_write_text  # noqa: E402
-from workbench.reference import load_reference  # noqa: E402
+from workbench.verify import load_reference  # noqa: E402
 from workbench.model import weight_bytes  # noqa: E402
 
 MODEL = "smollm2-135m"
@@ -64,7 +64,7 @@ LLAMA_CPP_METHOD = (
 )
 
 HF_METHOD = (
-    "transformers: LlamaForCausalLM loaded by workbench.reference.load_reference from the same GGUF (float32; "
+    "transformers: LlamaForCausalLM loaded by workbench.verify.load_reference from the same GGUF (float32; "
     "bfloat16 = a copy cast with .to(torch.bfloat16)), default attention implementation and default (dynamic) "
     "KV cache, model.generate(input_ids, attention_mask=all ones, do_sample=False, max_new_tokens=N, "
     "min_new_tokens=N) on the same token ids as ours. A LogitsProcessor records time.perf_counter() at each "

@@ -36,7 +36,8 @@ from workbench import kernels
 from workbench.bench import bench_decode
 from workbench.distill import TrainConfig, build_student, distill, size_report, training_ids
 from workbench.engine import SamplingParams, generate
-from workbench.eval import builtin_text, perplexity
+from workbench.corpus import builtin_text
+from workbench.eval import perplexity
 from workbench.io import atomic_write_json, atomic_write_text
 
 SAMPLE_PROMPT = "The for statement in Python"

@@ -32,7 +32,8 @@ import workbench
 from workbench import kernels
 from workbench.bench import bench_decode
 from workbench.bench.timing import median, run_info
-from workbench.eval import builtin_text, perplexity
+from workbench.corpus import builtin_text
+from workbench.eval import perplexity
 from workbench.io import atomic_write_json, atomic_write_text
 from workbench.prune import parse_spec, prune_
 from workbench.prune.recovery import recover

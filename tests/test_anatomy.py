@@ -1,4 +1,4 @@
-"""workbench.anatomy: parameter tables, size breakdowns, weight statistics, memory and decode arithmetic."""
+"""workbench.lab.anatomy: parameter tables, size breakdowns, weight statistics, memory and decode arithmetic."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from workbench import ModelConfig, anatomy, load_model, save_pretrained
+from workbench import ModelConfig, load_model, save_pretrained
+from workbench.lab import anatomy
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from workbench.distill import (TrainingWindows, HiddenProjection, TrainConfig, a
                                distill, distillation_loss, evenly_spaced, forward_kl, hidden_mse, reverse_kl,
                                teacher_written_ids, training_ids)
 from workbench.errors import DistillationError, EmptyTextError, InvalidParameterError, ResumeError
-from workbench.eval import builtin_text
+from workbench.corpus import builtin_text
 
 
 @pytest.fixture(scope="module")

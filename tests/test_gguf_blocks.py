@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize as gguf_quantize
 
-from workbench.checkpoints.blocks import BLOCK_BYTES, dequantize_raw
+from workbench.formats.gguf_blocks import BLOCK_BYTES, dequantize_raw
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"]
 SHAPE = (24, 96)  # 3 blocks of 32 per row

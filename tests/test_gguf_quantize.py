@@ -9,7 +9,7 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize as gguf_quantize
 
-from workbench.checkpoints.blocks import (BLOCK_BYTES, dequantize_raw, quantize_q4_0, quantize_q4_1,
+from workbench.formats.gguf_blocks import (BLOCK_BYTES, dequantize_raw, quantize_q4_0, quantize_q4_1,
                                           quantize_q8_0, quantize_raw)
 from workbench.errors import InvalidParameterError
 

@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 
 from workbench import kernels  # noqa: E402
 from workbench.engine import SamplingParams, generate_ids  # noqa: E402
-from workbench.reference import DEFAULT_PROMPTS, load_reference, reference_greedy  # noqa: E402
+from workbench.verify import DEFAULT_PROMPTS, load_reference, reference_greedy  # noqa: E402
 
 
 @pytest.fixture(scope="module")

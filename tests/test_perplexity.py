@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from workbench.errors import EmptyTextError, InvalidParameterError
-from workbench.eval import builtin_text, perplexity
+from workbench.corpus import builtin_text
+from workbench.eval import perplexity
 
 
 def test_corpus_parts_are_disjoint_and_cover_everything():

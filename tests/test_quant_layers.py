@@ -83,7 +83,8 @@ def test_quantize_model_in_place(spec):
 
 
 def test_int8_keeps_real_model_perplexity(model_and_tokenizer):
-    from workbench.eval import builtin_text, perplexity
+    from workbench.corpus import builtin_text
+    from workbench.eval import perplexity
 
     model, tok = model_and_tokenizer
     text = builtin_text()

@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from workbench.reference import DEFAULT_PROMPTS, verify  # noqa: E402
+from workbench.verify import DEFAULT_PROMPTS, verify  # noqa: E402
 
 
 def test_bundled_model_matches_transformers():

@@ -10,7 +10,7 @@ import torch  # noqa: E402
 
 from workbench.errors import InvalidParameterError  # noqa: E402
 from workbench.quant import PercentileObserver, fake_quantize, quantization_error  # noqa: E402
-from workbench.widgets import plot_quant_error, quant_error_report, quant_explorer  # noqa: E402
+from workbench.lab.widgets import plot_quant_error, quant_error_report, quant_explorer  # noqa: E402
 
 
 @pytest.fixture

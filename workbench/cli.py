@@ -152,7 +152,7 @@ def _positive(name: str, value, minimum: int = 1):
 def _load(args):
     import torch
 
-    from . import load_model
+    from .checkpoints import load_model
 
     if args.threads:
         _positive("--threads", args.threads)
@@ -248,7 +248,8 @@ def cmd_chat(args):
 
 
 def cmd_ppl(args):
-    from .eval import builtin_text, load_text, perplexity
+    from .corpus import builtin_text, load_text
+    from .eval import perplexity
 
     _positive("--max-tokens", args.max_tokens, 2)
     _positive("--batch-size", args.batch_size)
@@ -374,7 +375,7 @@ def cmd_prune(args):
 
 
 def cmd_verify(args):
-    from .reference import verify
+    from .verify import verify
 
     if args.prune:
         from .errors import InvalidParameterError
@@ -400,7 +401,7 @@ def cmd_verify(args):
 def cmd_distill(args):
     from .distill import TrainConfig, append_results_row, build_student, distill, training_ids
     from .errors import InvalidParameterError
-    from .eval import builtin_text
+    from .corpus import builtin_text
 
     if args.quant:
         raise InvalidParameterError("distill trains a float student from a float teacher; quantize the saved "

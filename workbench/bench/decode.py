@@ -6,7 +6,7 @@ import torch
 
 from .. import kernels
 from ..engine import SamplingParams, generate_ids
-from ..eval.corpus import builtin_text
+from ..corpus import builtin_text
 from .timing import median, now, peak_rss_mb
 
 METHOD = (

@@ -10,7 +10,8 @@ import torch
 from ..engine.kv_cache import MODES, generate_with
 from ..engine.kv_quant import Int8KVModel
 from ..engine.sampling import SamplingParams
-from ..eval import builtin_text, perplexity
+from ..corpus import builtin_text
+from ..eval import perplexity
 from .decode import benchmark_prompts
 from .timing import now
 

@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from ..eval import builtin_text, perplexity
+from ..corpus import builtin_text
+from ..eval import perplexity
 
 METHOD = __doc__
 

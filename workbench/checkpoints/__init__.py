@@ -6,13 +6,16 @@ from pathlib import Path
 
 import torch
 
+from .. import kernels as cpu_kernels
 from ..config import ModelConfig
 from ..errors import CheckpointError, InvalidParameterError, UnknownModelError
+from ..io import atomic_write_json
 from ..model import LlamaModel, RotaryEmbedding
+from ..quant.serialize import (HF_QUANTIZATION_CONFIG, MANIFEST, install_quantized_layers, quantization_manifest,
+                               read_manifest)
 from ..tokenizer import Tokenizer
 from .cache import cached_dir
 from .gguf_file import GGUFCheckpoint
-from ..io import atomic_write_json
 from .hf_dir import read_state_dict, write_model_dir
 from .registry import BUNDLED, DEFAULT_MODEL, bundled_path
 
@@ -41,8 +44,6 @@ def load_model(name_or_path: str | Path | ModelConfig = DEFAULT_MODEL, dtype: to
     `kernels=True` runs decode-sized float32/bfloat16 products on our CPU kernels (`workbench.kernels.enable`).
     """
     if kernels:
-        from .. import kernels as cpu_kernels
-
         model, tokenizer = load_model(name_or_path, dtype, device, use_cache=use_cache, seed=seed)
         return cpu_kernels.enable(model), tokenizer
     dtype = _as_dtype(dtype)
@@ -54,8 +55,6 @@ def load_model(name_or_path: str | Path | ModelConfig = DEFAULT_MODEL, dtype: to
         config = ModelConfig.from_json_file(path / "config.json")
         prepare = None
         if (path / "quantization.json").is_file():
-            from ..quant.serialize import install_quantized_layers, read_manifest  # quant builds on us: lazy
-
             manifest = read_manifest(path)
             prepare = lambda model: install_quantized_layers(model, manifest, str(path))  # noqa: E731
         model = model_from_state(config, read_state_dict(path), dtype, device, source=str(path), prepare=prepare)
@@ -89,8 +88,6 @@ def save_pretrained(model: LlamaModel, path: str | Path, tokenizer: Tokenizer | 
     `load_model` rebuilds the same layers (transformers cannot read such a directory; see
     `workbench.quant.serialize`).
     """
-    from ..quant.serialize import HF_QUANTIZATION_CONFIG, MANIFEST, quantization_manifest  # lazy, as above
-
     path = Path(path)
     manifest = quantization_manifest(model)
     extra = {"quantization_config": HF_QUANTIZATION_CONFIG} if manifest else None

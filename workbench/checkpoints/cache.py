@@ -15,12 +15,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..settings import cache_root
+
 
 FORMAT_VERSION = 2  # 2: tokenizer_config.json records the GGUF pre-tokenizer name
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench"))
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:

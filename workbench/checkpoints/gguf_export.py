@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..errors import InvalidParameterError
-from . import blocks
+from ..formats import gguf_blocks
+from ..quant.linear import GGUFBlockLinear, QuantizedEmbedding, QuantizedLinear
 
 EXPORT_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
 
@@ -47,8 +48,6 @@ def _matrices(model):
 
 def _tensor_data(module, type_name: str, n_rope_heads: int | None):
     """(numpy array, raw dtype or None) for one module's weight in `type_name`."""
-    from ..quant.linear import GGUFBlockLinear, QuantizedEmbedding, QuantizedLinear
-
     if isinstance(module, QuantizedEmbedding):
         module = module.head[0]
     if isinstance(module, GGUFBlockLinear) and module.type_name == type_name:
@@ -61,7 +60,7 @@ def _tensor_data(module, type_name: str, n_rope_heads: int | None):
         elif type_name == "F16":
             data = weight.half()
         else:
-            data = blocks.quantize_raw(weight, type_name)
+            data = gguf_blocks.quantize_raw(weight, type_name)
     if n_rope_heads is not None:
         data = permute_rope_rows(data, n_rope_heads)
     raw_type = type_name if data.dtype == torch.uint8 else None

@@ -10,7 +10,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError, UnsupportedTensorTypeError
-from .blocks import dequantize_raw
+from ..formats.gguf_blocks import dequantize_raw
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 

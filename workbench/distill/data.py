@@ -1,6 +1,6 @@
 """Training data for distillation: token ids cut into fixed-length windows, read in a seeded order.
 
-Sources: the built-in corpus's *train* part (never its evaluation part; see `workbench.eval.corpus`),
+Sources: the built-in corpus's *train* part (never its evaluation part; see `workbench.corpus`),
 the user's UTF-8 text files, or text the teacher writes itself (sequence-level distillation).
 """
 
@@ -13,7 +13,7 @@ import torch
 
 from ..engine import SamplingParams, generate_ids
 from ..errors import EmptyTextError
-from ..eval import builtin_text, load_text
+from ..corpus import builtin_text, load_text
 
 BUILTIN = "builtin"
 

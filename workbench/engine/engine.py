@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -23,13 +22,12 @@ from typing import Iterator
 import torch
 
 from ..errors import ContextLengthError, InvalidParameterError
+from ..settings import now as clock
 from .batching import Policy
 from .generate import _prompt_ids, _TextTracker
 from .paged import BlockManager, BlockPool, PagedKVCache, pool_too_small
 from .sampling import Sampler, SamplingParams
 from .scheduler import Scheduler, Sequence
-
-clock = time.perf_counter
 
 
 @dataclass

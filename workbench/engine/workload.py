@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..corpus import builtin_text
 from ..errors import InvalidParameterError
 from .sampling import SamplingParams
 
@@ -40,8 +41,6 @@ def poisson_workload(tokenizer, requests: int, rate: float, seed: int = 0, promp
     for name, (lo, hi) in (("prompt_tokens", prompt_tokens), ("output_tokens", output_tokens)):
         if not 1 <= lo <= hi:
             raise InvalidParameterError(f"{name} must be a range 1 <= low <= high, got {(lo, hi)}")
-    from ..eval.corpus import builtin_text
-
     text = tokenizer.encode(builtin_text("evaluation"), add_special_tokens=False)
     rng = np.random.default_rng(seed)
     gaps = np.zeros(requests) if np.isinf(rate) else rng.exponential(1 / rate, requests)

@@ -1,6 +1,5 @@
-"""Evaluation: the built-in corpus and perplexity."""
+"""Evaluation in process: perplexity of a model on a text (the texts themselves live in `workbench.corpus`)."""
 
-from .corpus import builtin_text, load_text
 from .perplexity import PerplexityResult, perplexity
 
-__all__ = ["builtin_text", "load_text", "perplexity", "PerplexityResult"]
+__all__ = ["perplexity", "PerplexityResult"]

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
-SOURCES = ("matvec.cpp", "matvec_body.h", "vec.h", "int4_q8.h")
+from ..settings import cache_root
+
+SOURCES = ("matvec.cpp", "matvec_body.h", "vec.h", "int4_q8.h", "attention.h")
 CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"]  # instruction sets: per function, see vec.h
 LDFLAGS = ["-fopenmp"]
 CSRC = Path(__file__).with_name("csrc")
@@ -46,8 +48,6 @@ def source_hash() -> str:
 
 
 def build_dir() -> Path:
-    from ..checkpoints.cache import cache_root
-
     return cache_root() / "kernels" / source_hash()
 
 

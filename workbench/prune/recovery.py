@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..corpus import builtin_text
 from ..errors import InvalidParameterError
 from .masks import decoder_linears
 
@@ -32,8 +33,6 @@ def recover(model, tokenizer, *, steps: int = 200, lr: float = 1e-4, seq_len: in
     if not lr > 0:
         raise InvalidParameterError(f"lr must be positive, got {lr!r}")
     if text is None:
-        from ..eval import builtin_text
-
         text = builtin_text("calibration")
     ids = torch.tensor(tokenizer.encode(text, add_special_tokens=False) if isinstance(text, str) else list(text))
     seq_len = min(seq_len, model.config.max_position_embeddings)

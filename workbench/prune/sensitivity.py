@@ -11,6 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from ..corpus import builtin_text
 from ..errors import PruningError
 from .api import parse_spec, prune_
 from .masks import DECODER_LINEARS, check_sparsity, decoder_linears
@@ -27,7 +28,7 @@ def sensitivity(model, tokenizer, *, sparsities=(0.25, 0.5, 0.75), layers=None, 
     the built-in evaluation part) in windows of `window`. Columns: layer, matrix ("all" for a whole
     layer), sparsity, ppl, ppl_increase (over the unpruned model's).
     """
-    from ..eval import builtin_text, perplexity
+    from ..eval import perplexity
 
     if unit not in ("layer", "matrix"):
         raise PruningError(f"unknown sensitivity unit {unit!r} (accepted: layer, matrix)")

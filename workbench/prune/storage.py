@@ -63,7 +63,9 @@ def storage_report(model, nm: tuple[int, int] | None = None) -> pd.DataFrame:
 def matmul_timing(weight: torch.Tensor, tokens: int = 1, repeats: int = 50) -> dict:
     """Median microseconds of y = x W^T for the dense tensor and for its CSR copy (torch.sparse.mm),
     alternated call by call so that machine noise hits both."""
-    from ..bench.timing import median, now
+    from statistics import median
+
+    from ..settings import now
 
     x = torch.randn(tokens, weight.shape[1], dtype=weight.dtype, device=weight.device)
     with warnings.catch_warnings():

@@ -68,7 +68,7 @@ class GGUFBlockConfig:
         return GGUFBlockLinear(weight, self.type_name)
 
     def bits_per_weight(self, in_features: int) -> float:
-        from ..checkpoints.blocks import BLOCK_BYTES
+        from ..formats.gguf_blocks import BLOCK_BYTES
 
         return BLOCK_BYTES[self.type_name] * 8 / 32
 

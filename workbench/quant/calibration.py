@@ -28,8 +28,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..corpus import builtin_text
 from ..errors import EmptyTextError, InvalidParameterError
 from .linear import QuantizedLinear
+from .math import excess_kurtosis
 
 MIN_TOKENS = 16
 
@@ -109,8 +111,6 @@ def collect_activations(model, tokenizer, text: str | None = None, *, max_tokens
     if not isinstance(sample_tokens, int) or sample_tokens < 1:
         raise InvalidParameterError(f"sample_tokens must be a positive integer, got {sample_tokens!r}")
     if text is None:
-        from ..eval import builtin_text
-
         text = builtin_text("calibration")
     ids = tokenizer.encode(text, add_special_tokens=False)[:max_tokens]
     if len(ids) < MIN_TOKENS:
@@ -169,8 +169,6 @@ def collect_activations(model, tokenizer, text: str | None = None, *, max_tokens
 def activation_summary(stats: dict[str, ActivationStats]) -> pd.DataFrame:
     """One row per layer: tokens, max |x|, median channel abs max, their ratio, the strongest channel,
     and the excess kurtosis of the sampled values (0 for a Gaussian, large for heavy tails)."""
-    from ..anatomy import excess_kurtosis
-
     rows = []
     for name, s in stats.items():
         rows.append({"name": name, "in_features": s.in_features, "tokens": s.tokens,

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..corpus import builtin_text
 from ..errors import InvalidParameterError
 from .linear import Int4WeightOnlyLinear, QuantizedLinear
 from .math import calc_qparams
@@ -65,8 +66,6 @@ def calibration_ids(model, tokenizer, calibration_text, calibration_tokens: int,
             raise InvalidParameterError("this quantization method needs calibration data: pass "
                                         "quantize_(model, spec, tokenizer=tokenizer) (and optionally calibration_text=...)")
         if calibration_text is None:
-            from ..eval import builtin_text
-
             calibration_text = builtin_text("calibration")
         ids = tokenizer.encode(calibration_text, add_special_tokens=False)
     else:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels
-from ..checkpoints import blocks
+from ..formats import gguf_blocks
 from ..errors import InvalidParameterError
 from .math import calc_qparams, quantize
 
@@ -139,7 +139,7 @@ class W8A8Linear(Int8WeightOnlyLinear):
 
 
 class GGUFBlockLinear(QuantizedLinear):
-    """Raw GGUF blocks (Q8_0, Q4_0, Q4_1: 32 weights each, see `checkpoints.blocks`), as llama.cpp stores them."""
+    """Raw GGUF blocks (Q8_0, Q4_0, Q4_1: 32 weights each, see `formats.gguf_blocks`), as llama.cpp stores them."""
 
     uses_kernels = True
 
@@ -149,7 +149,7 @@ class GGUFBlockLinear(QuantizedLinear):
             raise InvalidParameterError(f"unknown GGUF block type {type_name!r} (accepted: {', '.join(blocks.BLOCK_BYTES)})")
         self.format = type_name.lower()
         self.type_name = type_name
-        self.register_buffer("raw", blocks.quantize_raw(weight.float(), type_name))
+        self.register_buffer("raw", gguf_blocks.quantize_raw(weight.float(), type_name))
 
     def layer_args(self):
         return {"type_name": self.type_name}

@@ -138,3 +138,19 @@ def quantization_error(x: torch.Tensor, x_hat: torch.Tensor) -> dict:
     signal = x.pow(2).mean().item()
     sqnr = 10 * torch.log10(torch.tensor(signal / mse)).item() if mse > 0 else float("inf")
     return {"mse": mse, "max_abs_error": err.abs().max().item(), "sqnr_db": sqnr}
+
+
+def moments(values: torch.Tensor) -> tuple[float, float, float]:
+    """(mean, std, excess kurtosis) in float32, population moments, one centred copy."""
+    x = values.detach().float().flatten()
+    mean = x.mean()
+    sq = (x - mean).square_()
+    var = sq.mean()
+    m4 = sq.square_().mean()
+    kurtosis = float(m4 / var.square()) - 3.0 if var > 0 else float("nan")  # constant: undefined
+    return float(mean), float(var.sqrt()), kurtosis
+
+
+def excess_kurtosis(values: torch.Tensor) -> float:
+    """E[z^4] - 3 of the standardised values: 0 for a Gaussian, -1.2 for a uniform, large for heavy tails."""
+    return moments(values)[2]

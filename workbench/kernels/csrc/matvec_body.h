@@ -166,7 +166,7 @@ static void int4_rows(const uint8_t* packed, const float* scale, const uint8_t* 
   for (; n < n1; ++n) int4_tile<M, 1>(packed, scale, zero, xr, xs, y, N, Kp, G, n);
 }
 
-// ---- GGUF blocks of 32 weights (checkpoints/blocks.py): Q8_0, Q4_0, Q4_1 ----
+// ---- GGUF blocks of 32 weights (formats/gguf_blocks.py): Q8_0, Q4_0, Q4_1 ----
 // Q8_0: d * q.  Q4_0: d * (q - 8).  Q4_1: d * q + m.  Byte j of a 4-bit block holds weight j (low
 // nibble) and weight j + 16 (high), so x needs no reordering; xs holds x summed per block.
 enum GGUFType { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2 };

@@ -16,8 +16,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import torch
 
-from .errors import InvalidParameterError, WorkbenchError
-from .quant.math import calc_qparams, dequantize, group_view, quantization_error, quantize
+from ..errors import InvalidParameterError, WorkbenchError
+from ..quant.math import calc_qparams, dequantize, group_view, quantization_error, quantize
 
 SCHEMES = {"sym": True, "symmetric": True, "asym": False, "asymmetric": False}
 OBSERVER_NAMES = ("minmax", "percentile", "mse")

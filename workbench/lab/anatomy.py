@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checkpoints.blocks import BLOCK_BYTES, BLOCK_SIZE
+from ..formats.gguf_blocks import BLOCK_BYTES, BLOCK_SIZE
+from ..quant.math import excess_kurtosis, moments  # noqa: F401  (excess_kurtosis: shown on this page too)
 
 GROUPS = ("embedding/head", "attention", "mlp", "norms")
 
@@ -67,7 +68,7 @@ def parameter_table(model, layer: int | None = None, gguf=None) -> pd.DataFrame:
                      "bytes": p.numel() * p.element_size(), "group": param_group(name)})
     table = pd.DataFrame(rows)
     if gguf is not None:
-        from .checkpoints.gguf_file import hf_name
+        from ..checkpoints.gguf_file import hf_name
 
         types = gguf.tensor_types()
         by_hf = {hf_name(g): g for g in types}
@@ -85,22 +86,6 @@ def size_breakdown(model) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _moments(values: torch.Tensor) -> tuple[float, float, float]:
-    """(mean, std, excess kurtosis) in float32, population moments, one centred copy."""
-    x = values.detach().float().flatten()
-    mean = x.mean()
-    sq = (x - mean).square_()
-    var = sq.mean()
-    m4 = sq.square_().mean()
-    kurtosis = float(m4 / var.square()) - 3.0 if var > 0 else float("nan")  # constant: undefined
-    return float(mean), float(var.sqrt()), kurtosis
-
-
-def excess_kurtosis(values: torch.Tensor) -> float:
-    """E[z^4] - 3 of the standardised values: 0 for a Gaussian, -1.2 for a uniform, large for heavy tails."""
-    return _moments(values)[2]
-
-
 @torch.no_grad()
 def weight_stats(model, names: list[str] | None = None) -> pd.DataFrame:
     """Per-tensor statistics: mean, std, max|w|, max|w|/std (how far the largest weight sits out), excess kurtosis.
@@ -116,7 +101,7 @@ def weight_stats(model, names: list[str] | None = None) -> pd.DataFrame:
     rows = []
     for name in names:
         w = params[name].detach()
-        mean, std, kurtosis = _moments(w)
+        mean, std, kurtosis = moments(w)
         lo, hi = w.aminmax()
         max_abs = max(-float(lo), float(hi))
         rows.append({"name": name, "shape": tuple(w.shape), "mean": mean, "std": std,

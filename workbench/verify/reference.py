@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import TINY_RANDOM, load_model, resolve, save_pretrained
-from .config import ModelConfig
-from .engine import SamplingParams, generate_ids
+from ..checkpoints import TINY_RANDOM, load_model, resolve, save_pretrained
+from ..config import ModelConfig
+from ..engine import SamplingParams, generate_ids
 
 DEFAULT_PROMPTS = (
     "The capital of France is",

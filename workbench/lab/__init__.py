@@ -1,0 +1,2 @@
+"""Notebook aids (top floor): `anatomy` tabulates a checkpoint's weights, `widgets` draws quantization
+error interactively. Logic lives in plain functions the notebooks also call, so it runs headless."""
