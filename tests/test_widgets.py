@@ -83,12 +83,16 @@ def test_explorer_builds_with_all_controls(w):
     assert list(values["granularity"].options) == ["tensor", "channel", "group"]
     assert list(values["group size"].options) == [32, 64, 128]
     assert list(values["observer"].options) == ["minmax", "percentile", "mse"]
-    # moving a control re-runs the callback; an invalid setting prints a message instead of raising
+    # moving a control re-runs the callback: fewer bits, lower SQNR; an invalid setting gives a message
+    sqnr = lambda: float(ui.result.split("SQNR ")[1].split(" dB")[0])  # noqa: E731
     values["granularity"].value = "group"
+    values["bits"].value = 8
+    at_8 = sqnr()
     values["bits"].value = 2
+    assert sqnr() < at_8 - 20  # about 6 dB per bit
     narrow = quant_explorer(torch.randn(4, 576), group_size=128)  # 576 = 4.5 x 128
     sizes = [c for c in narrow.children if getattr(c, "description", "") == "group size"][0]
     assert list(sizes.options) == [32, 64] and sizes.value == 32
     odd = quant_explorer(torch.randn(4, 48), granularity="group", group_size=32)  # no size divides 48
-    assert odd is not None
+    assert odd.result.startswith("cannot quantize with this setting")
     plt.close("all")

@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from .errors import WorkbenchError
+from .errors import InvalidParameterError, WorkbenchError
 
 EXIT_BAD_INPUT = 2
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a program stopped by SIGPIPE (`workbench ... | head`)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the command line's error contract: one line on stderr, exit status 2."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _model_args(p: argparse.ArgumentParser):
@@ -43,7 +52,7 @@ def _sampling_args(p: argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="workbench", description="LLM deployment workbench")
+    parser = Parser(prog="workbench", description="LLM deployment workbench")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="architecture, parameter count, bytes per dtype")
@@ -100,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the (optionally --quant'ed) model as a GGUF file or a HF directory")
     p.add_argument("output", help="a path ending in .gguf, or a directory (safetensors; with --quant the packed "
                                   "layers, which `--model DIR` loads back)")
-    p.add_argument("--type", default="Q8_0", type=str.upper, help="GGUF tensor type: F32, F16, Q8_0, Q4_0, Q4_1")
+    p.add_argument("--type", default=None, type=str.upper,
+                   help="GGUF tensor type: F32, F16, Q8_0, Q4_0, Q4_1 (default: the --quant's GGUF type, else Q8_0; "
+                        ".gguf outputs only)")
     _model_args(p)
 
     p = sub.add_parser("quant", help="quantization specs")
@@ -143,8 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive(name: str, value, minimum: int = 1):
-    from .errors import InvalidParameterError
-
     if value is not None and value < minimum:
         raise InvalidParameterError(f"{name} must be >= {minimum}, got {value}")
 
@@ -154,7 +163,8 @@ def _load(args):
 
     from .checkpoints import load_model
 
-    if args.threads:
+    _check_device(args.device)
+    if args.threads is not None:
         _positive("--threads", args.threads)
         torch.set_num_threads(args.threads)
     from . import kernels
@@ -173,6 +183,28 @@ def _load(args):
     if args.kernels == "on" and (getattr(args, "prune", None) or getattr(args, "quant", None)):
         kernels.enable(model)  # the new layers' weights: kernels and huge pages too
     return model, tokenizer
+
+
+def _check_device(device: str):
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise InvalidParameterError(f"--device {device!r} is not a device (accepted: cpu, cuda, cuda:N)") from None
+    if kind not in ("cpu", "cuda"):
+        raise InvalidParameterError(f"--device {device!r}: only cpu and cuda are supported")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InvalidParameterError(f"--device {device}: this PyTorch build sees no CUDA device "
+                                    f"(torch {torch.__version__}); use --device cpu")
+
+
+def _check_fits(model, args):
+    from .errors import ContextLengthError
+
+    if args.prompt_tokens + args.new_tokens > model.config.max_position_embeddings:
+        raise ContextLengthError(f"--prompt-tokens + --new-tokens = {args.prompt_tokens + args.new_tokens} exceeds "
+                                 f"the context window of {model.config.max_position_embeddings}")
 
 
 def _sampling(args):
@@ -276,11 +308,7 @@ def cmd_bench(args):
     _positive("--new-tokens", args.new_tokens, 2)
     _positive("--warmup", args.warmup, 0)
     model, tokenizer = _load(args)
-    if args.prompt_tokens + args.new_tokens > model.config.max_position_embeddings:
-        from .errors import ContextLengthError
-
-        raise ContextLengthError(f"--prompt-tokens + --new-tokens = {args.prompt_tokens + args.new_tokens} exceeds "
-                                 f"the context window of {model.config.max_position_embeddings}")
+    _check_fits(model, args)
     result = bench_decode(model, tokenizer, batch=args.batch, prompt_tokens=args.prompt_tokens,
                           new_tokens=args.new_tokens, repeats=args.repeats, warmup=args.warmup)
     result.update(model=args.model, quant=args.quant)
@@ -300,11 +328,7 @@ def cmd_bench_kv(args):
     _positive("--repeats", args.repeats)
     _positive("--block-size", args.block_size)
     model, tokenizer = _load(args)
-    if args.prompt_tokens + args.new_tokens > model.config.max_position_embeddings:
-        from .errors import ContextLengthError
-
-        raise ContextLengthError(f"--prompt-tokens + --new-tokens = {args.prompt_tokens + args.new_tokens} exceeds "
-                                 f"the context window of {model.config.max_position_embeddings}")
+    _check_fits(model, args)
     result = bench_kv(model, tokenizer, new_tokens=args.new_tokens, prompt_tokens=args.prompt_tokens,
                       repeats=args.repeats, block_size=args.block_size)
     result.update(model=args.model, quant=args.quant)
@@ -321,8 +345,6 @@ def cmd_bench_batching(args):
     _positive("--min-output", args.min_output)
     _positive("--max-output", args.max_output, args.min_output)
     if not args.rate > 0:
-        from .errors import InvalidParameterError
-
         raise InvalidParameterError(f"--rate must be > 0 requests per second, got {args.rate}")
     model, tokenizer = _load(args)
     summary, _ = bench_batching(model, tokenizer, policy=args.policy, requests=args.requests, rate=args.rate,
@@ -336,21 +358,44 @@ def cmd_bench_batching(args):
                          f"{summary['outputs_match_reference']}")
 
 
+def _export_type(args, to_gguf: bool) -> str | None:
+    """The GGUF tensor type to write, refusing combinations that would be ignored or quantize twice."""
+    from .checkpoints.gguf_export import EXPORT_TYPES
+
+    if not to_gguf:
+        if args.type is not None:
+            raise InvalidParameterError("--type applies to .gguf outputs only; a directory keeps the model's own "
+                                        "weights (float, or the packed layers of --quant)")
+        return None
+    if args.type is not None and args.type not in EXPORT_TYPES:
+        raise InvalidParameterError(f"--type {args.type}: not a GGUF type we write (accepted: {', '.join(EXPORT_TYPES)})")
+    block_type = args.quant.upper() if args.quant and args.quant.upper() in ("Q8_0", "Q4_0", "Q4_1") else None
+    if args.quant and not block_type and (args.type or "Q8_0") not in ("F32", "F16"):
+        raise InvalidParameterError(f"--quant {args.quant} is not a GGUF block format: exporting it as "
+                                    f"{args.type or 'Q8_0'} would quantize twice; use --quant q8_0/q4_0/q4_1, or "
+                                    f"--type F32/F16 for its dequantized values, or save a directory")
+    if block_type and args.type and args.type != block_type:
+        raise InvalidParameterError(f"--quant {args.quant} with --type {args.type} would quantize twice; drop --type "
+                                    f"(the blocks are then written bit for bit) or pick --type {block_type}")
+    return args.type or block_type or "Q8_0"
+
+
 def cmd_export(args):
     from pathlib import Path
 
     out = Path(args.output)
+    type_name = _export_type(args, out.suffix.lower() == ".gguf")
     model, tokenizer = _load(args)
-    if out.suffix.lower() == ".gguf":
+    if type_name is not None:
         from .checkpoints.gguf_export import export_gguf
 
-        export_gguf(model, tokenizer, out, args.type, name=f"{args.model} ({args.quant or 'float'} -> {args.type})")
+        export_gguf(model, tokenizer, out, type_name, name=f"{args.model} ({args.quant or 'float'} -> {type_name})")
     else:  # a --quant'ed model keeps its packed layers (workbench format; float: transformers reads it too)
         from .checkpoints import save_pretrained
 
         save_pretrained(model, out, tokenizer)
     result = {"output": str(out), "bytes": sum(f.stat().st_size for f in ([out] if out.is_file() else out.iterdir())),
-              "type": args.type if out.suffix.lower() == ".gguf" else args.quant or str(model.dtype).removeprefix("torch.")}
+              "type": type_name or args.quant or str(model.dtype).removeprefix("torch.")}
     _emit(args, result, f"wrote {result['output']} ({result['bytes'] / 1e6:.1f} MB, {result['type']})")
 
 
@@ -378,20 +423,22 @@ def cmd_verify(args):
     from .verify import verify
 
     if args.prune:
-        from .errors import InvalidParameterError
-
         raise InvalidParameterError("verify checks the unpruned model against transformers; --prune does not apply "
                                     "(compare a pruned model with `workbench ppl --prune SPEC`)")
     if args.quant:
-        from .errors import InvalidParameterError
-
         raise InvalidParameterError("verify checks the float model against transformers; --quant does not apply "
                                     "(compare a quantized model with `workbench ppl --quant SPEC`)")
     if args.dtype != "float32":
-        from .errors import InvalidParameterError
-
         raise InvalidParameterError("verify compares in float32 only (the reference check's tolerance is for float32)")
-    result = verify(args.model, new_tokens=args.new_tokens, tolerance=args.tolerance)
+    _check_device(args.device)
+    _positive("--new-tokens", args.new_tokens)
+    if args.threads is not None:
+        import torch
+
+        _positive("--threads", args.threads)
+        torch.set_num_threads(args.threads)
+    result = verify(args.model, new_tokens=args.new_tokens, tolerance=args.tolerance, device=args.device,
+                    kernels=args.kernels == "on")
     _emit(args, result, f"max |logit diff| {result['max_abs_logit_diff']:.2e} (tolerance {args.tolerance:g}), "
                         f"greedy {args.new_tokens}-token match: {result['greedy_match']} -> "
                         f"{'PASSED' if result['passed'] else 'FAILED'}")
@@ -399,9 +446,8 @@ def cmd_verify(args):
 
 
 def cmd_distill(args):
-    from .distill import TrainConfig, append_results_row, build_student, distill, training_ids
-    from .errors import InvalidParameterError
     from .corpus import builtin_text
+    from .distill import TrainConfig, append_results_row, build_student, distill, training_ids
 
     if args.quant:
         raise InvalidParameterError("distill trains a float student from a float teacher; quantize the saved "
@@ -437,13 +483,25 @@ COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "ppl":
             "distill": cmd_distill}
 
 
+def _fail(message: str) -> int:
+    print(f"workbench: error: {' '.join(str(message).split())}", file=sys.stderr)  # one line, always
+    return EXIT_BAD_INPUT
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args) or 0
+        status = COMMANDS[args.command](args) or 0
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+        return status
     except WorkbenchError as e:
-        print(f"workbench: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _fail(str(e))
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except OSError as e:  # an unwritable --output/--save path, a full disk, a missing directory
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"{where}{e.strerror or e}")
     except KeyboardInterrupt:
         print("workbench: interrupted", file=sys.stderr)
         return 130

@@ -53,3 +53,7 @@ class ResumeError(CheckpointError):
 class CapacityError(WorkbenchError):
     """The KV cache cannot hold a request: a block pool too small for a single request's prompt
     plus max_tokens, or no blocks at all."""
+
+
+class MissingDependencyError(WorkbenchError):
+    """An optional package that this feature needs is not installed (the message says which, and how)."""

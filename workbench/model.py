@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .errors import ContextLengthError
 
 
 class RMSNorm(nn.Module):
@@ -110,7 +111,7 @@ class KVCache:
         """Positions (B, T) of the new tokens; sets up the mask the layers share."""
         T, start, device = input_ids.shape[1], self.length, input_ids.device
         if start + T > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; {start + T} needed")
+            raise ContextLengthError(f"KV cache holds {self.max_len} positions; {start + T} needed")
         mask = None
         if self.padded:
             valid = self.valid[:, :start + T]

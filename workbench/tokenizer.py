@@ -10,7 +10,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as FastTokenizer
 
-from .errors import CheckpointError
+from .errors import CheckpointError, InvalidParameterError
 from .io import atomic_write_text
 
 # GPT-2's split rule; llama.cpp's pre-tokenizer types for byte-level vocabularies add rules before it.
@@ -185,4 +185,4 @@ class Tokenizer:
 
 
 def _raise_template_error(message):
-    raise ValueError(f"chat template: {message}")
+    raise InvalidParameterError(f"chat template: {message}")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from .. import kernels
-from ..engine import SamplingParams, generate_ids
 from ..corpus import builtin_text
+from ..engine import SamplingParams, generate_ids
+from ..errors import InvalidParameterError
 from .timing import median, now, peak_rss_mb
 
 METHOD = (
@@ -65,7 +66,7 @@ def bench_decode(model, tokenizer, *, batch: int = 1, prompt_tokens: int = 512, 
     counts the CPU seconds of the process instead of wall time (with one thread: what the run takes on
     an idle core, for comparisons on a crowded machine)."""
     if new_tokens < 2:
-        raise ValueError("new_tokens must be at least 2 (decode speed is timed between tokens)")
+        raise InvalidParameterError("new_tokens must be at least 2 (decode speed is timed between tokens)")
     prompts = benchmark_prompts(tokenizer, batch, prompt_tokens)
     runs = []
     for i in range(warmup + repeats):

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..io import fsync_dir, locked
 from ..settings import cache_root
 
 
@@ -37,15 +38,19 @@ def cached_dir(source: Path, build) -> Path:
     if (final / "source.json").is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
-    try:
-        build(tmp)
-        (tmp / "source.json").write_text(json.dumps({"source": str(source), "sha256": digest,
-                                                         "format_version": FORMAT_VERSION}, indent=2))
-        if final.exists():  # a leftover without source.json: incomplete, replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with locked(final):  # one builder at a time; the others wait, then find the finished entry
+        if (final / "source.json").is_file():
+            return final
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
+        try:
+            build(tmp)
+            (tmp / "source.json").write_text(json.dumps({"source": str(source), "sha256": digest,
+                                                             "format_version": FORMAT_VERSION}, indent=2))
+            if final.exists():  # a leftover without source.json (an interrupted build): incomplete
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            fsync_dir(root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return final

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InvalidParameterError
+from ..io import atomic_path
 from ..formats import gguf_blocks
 from ..quant.linear import GGUFBlockLinear, QuantizedEmbedding, QuantizedLinear
 
@@ -72,9 +73,14 @@ def export_gguf(model, tokenizer, path: str | Path, type_name: str = "Q8_0", nam
 
     if type_name not in EXPORT_TYPES:
         raise InvalidParameterError(f"cannot export GGUF type {type_name!r} (accepted: {', '.join(EXPORT_TYPES)})")
-    cfg = model.config
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    with atomic_path(path) as tmp:  # a unique temporary name beside the target: readers never see half a file
+        _write_gguf(gguf, tmp, model, tokenizer, type_name, name)
+    return path
+
+
+def _write_gguf(gguf, tmp: Path, model, tokenizer, type_name: str, name: str):
+    cfg = model.config
     writer = gguf.GGUFWriter(str(tmp), "llama")
     writer.add_name(name)
     writer.add_context_length(cfg.max_position_embeddings)
@@ -103,16 +109,10 @@ def export_gguf(model, tokenizer, path: str | Path, type_name: str = "Q8_0", nam
             writer.add_tensor(gguf_name, data)
         else:
             writer.add_tensor(gguf_name, data, raw_dtype=gguf.GGMLQuantizationType[raw])
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        tmp.replace(path)  # atomic: a reader never sees half a file
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
 
 
 def _add_tokenizer(writer, tokenizer):

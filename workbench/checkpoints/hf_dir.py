@@ -73,23 +73,42 @@ def write_model_dir(path: str | Path, config: ModelConfig, state: dict[str, torc
     hf_config["torch_dtype"] = str(next(iter(dtypes))).removeprefix("torch.") if len(dtypes) == 1 else "float32"
     hf_config.update(extra_config or {})
     shards = _split_shards(state, max_shard_bytes)
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    written = {"model.safetensors"} if len(shards) == 1 else {*names, "model.safetensors.index.json"}
+    # an old index would point the loader at old shards: every index goes first and the new one is written
+    # last (a save cut short then fails to load, loudly, instead of reading old weights); old weight files
+    # go once the new ones are in
+    _remove_stale_weights(path, set(), INDEX_NAMES)
     meta = {"format": "pt"}
     if len(shards) == 1:
         atomic_write_bytes(path / "model.safetensors", save(shards[0], metadata=meta))
     else:
         weight_map, total = {}, 0
-        for i, shard in enumerate(shards):
-            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        for name, shard in zip(names, shards):
             atomic_write_bytes(path / name, save(shard, metadata=meta))
             weight_map.update({k: name for k in shard})
             total += sum(t.numel() * t.element_size() for t in shard.values())
         atomic_write_json(path / "model.safetensors.index.json",
                           {"metadata": {"total_size": total}, "weight_map": weight_map})
+    _remove_stale_weights(path, written)
     atomic_write_json(path / "config.json", hf_config)
     gen = {k: v for k, v in (("bos_token_id", config.bos_token_id), ("eos_token_id", config.eos_token_id)) if v is not None}
     atomic_write_json(path / "generation_config.json", gen)
     if tokenizer is not None:
         tokenizer.save(path)
+
+
+INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin", *INDEX_NAMES)
+
+
+def _remove_stale_weights(path: Path, written: set[str], patterns=WEIGHT_PATTERNS):
+    """Delete weight files a previous save left that this one did not write: a loader would read an
+    old index or old shards instead of the new weights."""
+    for pattern in patterns:
+        for old in path.glob(pattern):
+            if old.name not in written:
+                old.unlink()
 
 
 def _split_shards(state: dict, max_bytes: int | None) -> list[dict]:

@@ -12,18 +12,16 @@ import contextlib
 import dataclasses
 import io
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 import torch
 from torch import nn
 
 from ..errors import DistillationError, ResumeError
 from ..eval import perplexity
-from ..io import atomic_write_bytes, atomic_write_text
+from ..io import append_csv_row, atomic_write_bytes
 from .data import TrainingWindows, fingerprint
 from .losses import LOSSES, HiddenProjection, distillation_loss, hard_cross_entropy, hidden_mse
 from .students import evenly_spaced
@@ -273,6 +271,11 @@ def _load_checkpoint(directory, identity, student, projection, optimizer, schedu
         payload = torch.load(path, map_location=student.device, weights_only=True)
     except Exception as e:  # truncated or foreign file
         raise ResumeError(f"{path}: not a readable training checkpoint ({type(e).__name__}: {e})") from None
+    needed = {"identity", "student", "optimizer", "scheduler", "rng", "state"}
+    missing = needed - set(payload) if isinstance(payload, dict) else needed
+    if missing or not isinstance(payload["identity"], dict) or not identity.keys() <= payload["identity"].keys():
+        raise ResumeError(f"{path}: not a workbench distillation checkpoint (missing: "
+                          f"{', '.join(sorted(missing)) or 'identity fields'})")
     saved = payload["identity"]
     for key, what in (("student_config", "student"), ("train_config", "training settings"), ("data", "training data")):
         if saved[key] != identity[key]:
@@ -290,9 +293,5 @@ def _load_checkpoint(directory, identity, student, projection, optimizer, schedu
 
 
 def append_results_row(path: str | Path, row: dict):
-    """Add one row to a results CSV (atomically; columns are the union of old and new)."""
-    path = Path(path)
-    frame = pd.DataFrame([row])
-    if path.is_file() and os.path.getsize(path) > 0:
-        frame = pd.concat([pd.read_csv(path), frame], ignore_index=True)
-    atomic_write_text(path, frame.to_csv(index=False))
+    """Add one run's row to a results CSV (locked against concurrent runs, written atomically)."""
+    append_csv_row(path, row)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import CapacityError
+from ..errors import CapacityError, InvalidParameterError
 from ..model import attention
 from .kv_quant import SCALE_DTYPE, dequantize_kv, int8_bytes_per_token, quantize_kv
 from .prefix_cache import PrefixCache
@@ -227,7 +227,7 @@ class PagedKVCache:
 
     def prepare(self, input_ids: torch.Tensor) -> torch.Tensor:
         if input_ids.shape != self.positions.shape:
-            raise ValueError(f"input_ids of shape {tuple(input_ids.shape)} do not match the "
+            raise InvalidParameterError(f"input_ids of shape {tuple(input_ids.shape)} do not match the "
                              f"{self.positions.shape[1]} scheduled tokens")
         return self.positions
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..errors import InvalidParameterError, UnsupportedTensorTypeError
 from ..formats.gguf_blocks import BLOCK_BYTES, BLOCK_SIZE
 from ..quant.math import excess_kurtosis, moments  # noqa: F401  (excess_kurtosis: shown on this page too)
 
@@ -49,7 +50,7 @@ def param_group(name: str) -> str:
         return "attention"
     if ".mlp." in name:
         return "mlp"
-    raise ValueError(f"parameter {name!r} belongs to no known group")
+    raise InvalidParameterError(f"parameter {name!r} belongs to no known group")
 
 
 def parameter_table(model, layer: int | None = None, gguf=None) -> pd.DataFrame:
@@ -201,7 +202,7 @@ def read_safetensors_tensor(path: str | Path, name: str) -> np.ndarray:
         (n,) = struct.unpack("<Q", f.read(8))
         entry = json.loads(f.read(n))[name]
         if entry["dtype"] not in _SAFETENSORS_NUMPY:
-            raise ValueError(f"dtype {entry['dtype']} has no numpy equivalent here "
+            raise UnsupportedTensorTypeError(f"dtype {entry['dtype']} has no numpy equivalent here "
                              f"(read: {', '.join(_SAFETENSORS_NUMPY)})")
         begin, end = entry["data_offsets"]
         f.seek(8 + n + begin)

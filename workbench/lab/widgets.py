@@ -128,7 +128,8 @@ def quant_explorer(tensor, *, bits: int = 4, scheme: str = "sym", granularity: s
                    group_size: int = 64, observer: str = "minmax"):
     """An ipywidgets UI over `plot_quant_error`: a bits slider (2..8) and dropdowns for scheme,
     granularity, group size (those of 32/64/128 that divide the row length) and observer. Returns the `ipywidgets.interactive` box
-    (display it, or leave it as a cell's last expression). Each change re-draws the figure."""
+    (display it, or leave it as a cell's last expression). Each change re-draws the figure; the box's
+    `.result` holds the error summary of the current setting (or why it cannot be quantized)."""
     import ipywidgets as W
     from IPython.display import display
 
@@ -138,10 +139,12 @@ def quant_explorer(tensor, *, bits: int = 4, scheme: str = "sym", granularity: s
         try:
             fig = plot_quant_error(x, bits, scheme, granularity, group_size, observer)
         except WorkbenchError as e:  # e.g. a group size that does not divide the row length
-            print(f"cannot quantize with this setting: {e}")
-            return
+            message = f"cannot quantize with this setting: {e}"
+            print(message)
+            return message
         display(fig)
         plt.close(fig)
+        return fig.axes[-1].get_title()  # "SQNR ... dB, MSE ...": kept as the box's .result
 
     # only the group sizes that divide the row length (576 = 4.5 x 128: no groups of 128 there)
     sizes = [g for g in GROUP_SIZES if x.shape[-1] % g == 0] or list(GROUP_SIZES)

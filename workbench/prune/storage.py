@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..errors import PruningError
 from .masks import decoder_linears
 
 
@@ -37,7 +38,7 @@ def tensor_storage(weight: torch.Tensor, nm: tuple[int, int] | None = None) -> d
         n, m = nm
         groups = w.reshape(w.shape[0], -1, m)
         if int((groups != 0).sum(-1).max()) > n:
-            raise ValueError(f"weight is not {n}:{m} sparse")
+            raise PruningError(f"weight is not {n}:{m} sparse")
         kept = w.numel() // m * n
         out[f"{n}:{m}"] = kept * size + math.ceil(kept * math.ceil(math.log2(m)) / 8)
     return out

@@ -13,6 +13,7 @@ import torch
 from ..checkpoints import TINY_RANDOM, load_model, resolve, save_pretrained
 from ..config import ModelConfig
 from ..engine import SamplingParams, generate_ids
+from ..errors import MissingDependencyError
 
 DEFAULT_PROMPTS = (
     "The capital of France is",
@@ -24,7 +25,11 @@ DEFAULT_PROMPTS = (
 
 def load_reference(name_or_path, model=None, tokenizer=None):
     """transformers' model (float32, eval) for the same checkpoint as ours."""
-    from transformers import AutoModelForCausalLM
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError as e:
+        raise MissingDependencyError(f"the reference check needs transformers and accelerate ({e}); "
+                                     "pip install transformers accelerate") from None
 
     if isinstance(name_or_path, ModelConfig) or name_or_path == TINY_RANDOM:
         # random weights exist only in our model: hand them over through a saved directory
@@ -53,18 +58,19 @@ def reference_greedy(ref, ids: list[int], new_tokens: int) -> list[int]:
 
 @torch.inference_mode()
 def verify(name_or_path="smollm2-135m", prompts=DEFAULT_PROMPTS, new_tokens: int = 64,
-           tolerance: float = 1e-3) -> dict:
+           tolerance: float = 1e-3, device: str = "cpu", kernels: bool = False) -> dict:
     """Compare our float32 model with transformers' on the same checkpoint.
 
     For each prompt: the max |logit difference| over every position of the prompt, and whether the
-    greedy `new_tokens`-token continuations are identical token for token.
+    greedy `new_tokens`-token continuations are identical token for token. Ours runs on `device`
+    (with our CPU decode kernels when `kernels`); the reference runs on the CPU.
     """
-    model, tokenizer = load_model(name_or_path, dtype=torch.float32)
+    model, tokenizer = load_model(name_or_path, dtype=torch.float32, device=device, kernels=kernels)
     ref = load_reference(name_or_path, model, tokenizer)
     max_diff, matches, first_mismatch = 0.0, [], []
     for prompt in prompts:
         ids = tokenizer.encode(prompt)
-        ours = model(torch.tensor([ids]))
+        ours = model(torch.tensor([ids], device=model.device)).cpu()
         theirs = ref(torch.tensor([ids])).logits
         max_diff = max(max_diff, (ours - theirs).abs().max().item())
         params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
@@ -83,4 +89,5 @@ def verify(name_or_path="smollm2-135m", prompts=DEFAULT_PROMPTS, new_tokens: int
         "first_mismatch_at": first_mismatch,
         "passed": max_diff <= tolerance and all(matches),
         "reference": "transformers LlamaForCausalLM, float32",
+        "device": device, "kernels": kernels, "threads": torch.get_num_threads(),
     }
