@@ -97,3 +97,4 @@ def test_concurrent_cache_builds_keep_one_complete_entry(tmp_path):
     entry = tmp_path / "cache" / "gguf"
     assert (entry / os.path.basename(dirs[0]) / "source.json").is_file()
     assert not list(entry.glob(".building-*"))  # no half-built directory left behind
+    assert [p.name for p in entry.iterdir()] == [os.path.basename(dirs[0])]

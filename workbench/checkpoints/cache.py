@@ -38,7 +38,7 @@ def cached_dir(source: Path, build) -> Path:
     if (final / "source.json").is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    with locked(final):  # one builder at a time; the others wait, then find the finished entry
+    with locked(root.parent / "locks" / final.name):  # one builder at a time; the others wait, then find it
         if (final / "source.json").is_file():
             return final
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
