@@ -1,4 +1,5 @@
-"""Our tokenizer (built natively from the GGUF vocabulary) against transformers' GGUF tokenizer."""
+"""Our tokenizer (built natively from the GGUF vocabulary) against transformers' GGUF tokenizer, on texts
+where the two agree; llama.cpp's tokenizer is the authoritative reference (see test_tokenizer_llama_cpp.py)."""
 
 from __future__ import annotations
 
