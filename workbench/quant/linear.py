@@ -145,8 +145,8 @@ class GGUFBlockLinear(QuantizedLinear):
 
     def __init__(self, weight: torch.Tensor, type_name: str):
         super().__init__(weight.shape[1], weight.shape[0])
-        if type_name not in blocks.BLOCK_BYTES:
-            raise InvalidParameterError(f"unknown GGUF block type {type_name!r} (accepted: {', '.join(blocks.BLOCK_BYTES)})")
+        if type_name not in gguf_blocks.BLOCK_BYTES:
+            raise InvalidParameterError(f"unknown GGUF block type {type_name!r} (accepted: {', '.join(gguf_blocks.BLOCK_BYTES)})")
         self.format = type_name.lower()
         self.type_name = type_name
         self.register_buffer("raw", gguf_blocks.quantize_raw(weight.float(), type_name))
@@ -156,7 +156,7 @@ class GGUFBlockLinear(QuantizedLinear):
 
     def dequantize_rows(self, rows):
         raw = self.raw[rows]
-        out = blocks.BLOCK_DEQUANTIZERS[self.type_name](raw.reshape(-1, blocks.BLOCK_BYTES[self.type_name]))
+        out = gguf_blocks.BLOCK_DEQUANTIZERS[self.type_name](raw.reshape(-1, gguf_blocks.BLOCK_BYTES[self.type_name]))
         return out.reshape(*raw.shape[:-1], self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,6 @@ reference and for interop, never as the engine.
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 
 import torch
 
