@@ -53,3 +53,9 @@ class ResumeError(CheckpointError):
 class CapacityError(WorkbenchError):
     """The KV cache cannot hold a request: a block pool too small for a single request's prompt
     plus max_tokens, or no blocks at all."""
+
+
+class ParallelError(WorkbenchError):
+    """A parallel run that cannot go ahead or was cut short: a split the model does not allow (more
+    ranks than KV heads or layers, a packed layer whose groups straddle a shard), a rendezvous port
+    in use, or a rank that died or stopped answering."""
