@@ -81,10 +81,14 @@ def two_ranks(model_and_tokenizer):
     # PyTorch's operators on both sides (packed layers dequantize): the same products, and no kernel
     # build per rank. (Our int4 kernel rounds activations to int8: the last-bit differences of an
     # all-reduced sum can flip such a rounding, so that path agrees to the rounding, not to 1e-4.)
-    ranks = launch(rank_greedy, 2, (MODEL, CASES, prompts, NEW_TOKENS, False), timeout_s=240)
     with kernels.disabled():
         reference = {None: greedy(model, prompts, NEW_TOKENS),
                      "alone": [greedy(model, [p], NEW_TOKENS) for p in prompts]}
+        # The first sequence's second token as a stop token: its micro-batch stops, the other runs on.
+        stop = reference["alone"][0][0][0][1]
+        assert stop not in reference["alone"][1][0][0]
+        cases = CASES + [{"scheme": "pp", "micro_batches": 2, "stop_token_ids": [stop]}]
+        ranks = launch(rank_greedy, 2, (MODEL, cases, prompts, NEW_TOKENS, False), timeout_s=240)
         for quant in ("int8", "int4-g32"):
             reference[quant] = greedy(load_for_rank(MODEL, quant=quant)[0], prompts, NEW_TOKENS)
     return {"prompts": prompts, "ranks": ranks, "reference": reference, "config": model.config}
@@ -124,6 +128,13 @@ def test_pipeline_with_two_micro_batches_matches_one_process(two_ranks):
         assert (last["logits"][i] - logits).abs().max().item() <= 1e-4
 
 
+def test_pipeline_stops_a_micro_batch_at_its_stop_token_and_runs_the_other_on(two_ranks):
+    last = _case(two_ranks, len(CASES))[1]
+    (alone0, _), (alone1, _) = two_ranks["reference"]["alone"]
+    assert last["tokens"][0] == alone0[0][:2] + [None] * (NEW_TOKENS - 2)  # the stop token is yielded, then None
+    assert last["tokens"][1] == alone1[0]
+
+
 def test_counted_traffic_equals_the_formulas(two_ranks):
     config, prompts = two_ranks["config"], two_ranks["prompts"]
     longest, batch = max(map(len, prompts)), len(prompts)
@@ -134,6 +145,18 @@ def test_counted_traffic_equals_the_formulas(two_ranks):
         assert r["traffic"] == expected
     for r in _case(two_ranks, 1):  # one sequence per micro-batch, both padded to the longest prompt
         assert r["traffic"] == pipeline_sends(config, 2, r["rank"], [1, 1], longest, NEW_TOKENS)
+
+
+def test_performance_model_limits():
+    from workbench.parallel.cost import PAPER_CONFIGS, Link, predict_decode_tok_s
+
+    cfg, ideal = PAPER_CONFIGS["7B"], Link("ideal", float("inf"), 0.0)
+    one = predict_decode_tok_s(cfg, "single", 1, ideal, memory_bandwidth=1e12)
+    assert one == pytest.approx(1e12 / (cfg.num_parameters() - cfg.vocab_size * cfg.hidden_size) / 2)
+    assert predict_decode_tok_s(cfg, "tp", 8, ideal, memory_bandwidth=1e12) == pytest.approx(8 * one)
+    assert predict_decode_tok_s(cfg, "pp", 8, ideal, memory_bandwidth=1e12) == pytest.approx(8 * one)  # 8 in flight
+    slow = Link("slow", 1e9, 1e-3)
+    assert predict_decode_tok_s(cfg, "tp", 8, slow, memory_bandwidth=1e12) < one
 
 
 # ---- failures ------------------------------------------------------------------------------------------
@@ -157,7 +180,8 @@ def test_a_rendezvous_port_in_use_is_refused():
 
 # ---- the command line ---------------------------------------------------------------------------------
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, timeout=300,
+                          check=False)
 
 
 def test_cli_generate_tp_launches_torchrun_and_matches_one_process():

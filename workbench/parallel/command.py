@@ -70,7 +70,7 @@ def _part(args, comm, scheme):
 
     kernels.set_enabled(args.kernels == "on")
     kernels.set_int4_activations(None if args.int4_activations == "auto" else args.int4_activations)
-    model, tokenizer = load_for_rank(args.model, dtype=args.dtype, device=args.device, quant=None)
+    model, tokenizer = load_for_rank(args.model, dtype=args.dtype, device=str(comm.device))  # cuda:LOCAL_RANK
     if args.prune:
         from ..prune import prune_
 
@@ -87,14 +87,21 @@ def _printer(comm, scheme) -> bool:
 
 
 def _generate(args, comm, scheme, part, tokenizer):
-    from ..engine import SamplingParams, generate
+    from ..engine import SamplingParams, generate, stream
     from ..engine.generate import _prompt_ids
 
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             repetition_penalty=args.repetition_penalty, max_tokens=args.max_tokens,
                             stop=args.stop, seed=args.seed)
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
-    if scheme == "tp":  # every rank runs the same loop on the same gathered logits
+    if scheme == "tp" and not args.json:  # every rank runs the same loop on the same gathered logits
+        for piece in stream(part, tokenizer, prompt, params):
+            if _printer(comm, scheme):
+                print(piece, end="", flush=True)
+        if _printer(comm, scheme):
+            print()
+        return
+    if scheme == "tp":
         c = generate(part, tokenizer, prompt, params)
         text, ids, finish, prompt_tokens = c.text, c.token_ids, c.finish_reason, c.prompt_tokens
     else:

@@ -64,6 +64,24 @@ def pipeline_bytes_per_token(config: ModelConfig, world: int, value_bytes: int =
     return (world - 1) * (config.hidden_size * value_bytes + HEADER_BYTES) + TOKEN_BYTES
 
 
+def bytes_per_token_table(configs: dict, worlds=(2, 4, 8), value_bytes: int = 2) -> list[dict]:
+    """Per decoded token, for each config and rank count: tensor parallelism's payload and ring wire
+    bytes per rank and collectives, pipeline parallelism's bytes over all ranks and messages."""
+    rows = []
+    for name, config in configs.items():
+        for w in worlds:
+            if w > config.num_key_value_heads:
+                continue
+            p = tensor_parallel_payload(config, w, value_bytes=value_bytes)
+            rows.append({"model": name, "ranks": w, "value_bytes": value_bytes,
+                         "tp_payload_per_rank": p["all_reduce_bytes"] + p["all_gather_bytes"],
+                         "tp_wire_per_rank": tensor_parallel_wire_bytes(config, w, value_bytes),
+                         "tp_collectives": p["all_reduce_calls"] + p["all_gather_calls"],
+                         "pp_bytes_all_ranks": pipeline_bytes_per_token(config, w, value_bytes),
+                         "pp_messages": 2 * (w - 1) + 1})
+    return rows
+
+
 # ---- configurations on paper ------------------------------------------------------------------
 PAPER_CONFIGS = {  # Llama-2 7B and Llama-2 70B (grouped-query attention, 8 KV heads)
     "7B": ModelConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,

@@ -57,7 +57,7 @@ class PipelineStageModel(nn.Module):
         """Token ids (first stage) or hidden states (B, T, d) in -> hidden states out; logits (B, 1, V) of
         each sequence's last position on the last stage."""
         shape = x.shape[:2]
-        positions = cache.prepare(torch.empty(shape, dtype=torch.long))
+        positions = cache.prepare(torch.empty(shape, dtype=torch.long, device=self.device))
         cos, sin = self.rotary(positions, self.dtype)
         if self.stage.first:
             x = self.embed_tokens(x).to(self.dtype)
@@ -112,20 +112,20 @@ def pipeline_generate_ids(stage: PipelineStageModel, prompts: list[list[int]], p
     comm, s = stage.comm, stage.stage
     prev, nxt, last_rank = s.rank - 1, s.rank + 1, s.world - 1
     stops = set() if params.ignore_eos else set(stop_token_ids)
-    d, dtype = stage.config.hidden_size, stage.dtype
+    d, dtype, device = stage.config.hidden_size, stage.dtype, stage.device  # NCCL sends device tensors only
     groups = []
     for a, b in even_split(len(prompts), micro_batches):
         group = prompts[a:b]
         cache = stage.new_cache(len(group), longest + params.max_tokens)
-        ids = torch.zeros(len(group), longest, dtype=torch.long)
+        ids = torch.zeros(len(group), longest, dtype=torch.long, device=device)
         for row, p in enumerate(group):
-            ids[row, longest - len(p):] = torch.tensor(p)
+            ids[row, longest - len(p):] = torch.tensor(p, device=device)
             cache.valid[row, :longest - len(p)] = False
         cache.padded = any(len(p) != longest for p in group)
         sampler = Sampler(params, group, stage.config.vocab_size, stage.device) if s.last else None
         groups.append(_MicroBatch(group, cache, ids, sampler, [False] * len(group)))
     pending, older = [], []  # sends in flight: this step's, and the step before's (finished a step late)
-    header = torch.zeros(1, dtype=torch.long)
+    header = torch.zeros(1, dtype=torch.long, device=device)
     for step in range(params.max_tokens):
         older, pending = pending, []
         tokens_this_step = []
@@ -133,13 +133,13 @@ def pipeline_generate_ids(stage: PipelineStageModel, prompts: list[list[int]], p
             T = g.ids.shape[1] if step == 0 else 1
             if s.first:
                 if step > 0 and g.running:
-                    tokens = comm.recv(torch.empty(len(g.prompts), dtype=torch.long), last_rank) if s.world > 1 \
-                        else g.ids[:, 0]
+                    tokens = g.ids[:, 0] if s.world == 1 else \
+                        comm.recv(torch.empty(len(g.prompts), dtype=torch.long, device=device), last_rank)
                     g.done = [dn or int(t) in stops for dn, t in zip(g.done, tokens.tolist())]
                     g.running = not all(g.done)
                     g.ids = tokens[:, None]
                 if s.world > 1:
-                    pending.append(comm.isend(torch.tensor([int(g.running)]), nxt))
+                    pending.append(comm.isend(torch.tensor([int(g.running)], device=device), nxt))
             else:
                 g.running = bool(comm.recv(header, prev)[0])
                 if not s.last:
@@ -147,7 +147,7 @@ def pipeline_generate_ids(stage: PipelineStageModel, prompts: list[list[int]], p
             if not g.running:
                 tokens_this_step.append(None)
                 continue
-            x = g.ids if s.first else comm.recv(torch.empty(len(g.prompts), T, d, dtype=dtype), prev)
+            x = g.ids if s.first else comm.recv(torch.empty(len(g.prompts), T, d, dtype=dtype, device=device), prev)
             out = stage.run(x, g.cache)
             if not s.last:
                 pending.append(comm.isend(out, nxt))
@@ -175,7 +175,7 @@ def pipeline_generate_ids(stage: PipelineStageModel, prompts: list[list[int]], p
     if s.world > 1 and s.first:
         for g in groups:
             if g.running:
-                comm.recv(torch.empty(len(g.prompts), dtype=torch.long), last_rank)
+                comm.recv(torch.empty(len(g.prompts), dtype=torch.long, device=device), last_rank)
     for p in pending:
         p.wait()
 

@@ -75,18 +75,20 @@ def greedy(model, prompts: list[list[int]], max_tokens: int) -> tuple[list[list[
     return [list(seq) for seq in zip(*steps)], torch.stack(recorder.logits[:len(steps)])
 
 
-def pipeline_greedy(stage, prompts: list[list[int]], max_tokens: int, micro_batches: int):
-    """Greedy run through the pipeline: on the last stage (tokens per sequence, logits per
-    micro-batch (steps, b, V)); on the others (None, None)."""
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+def pipeline_greedy(stage, prompts: list[list[int]], max_tokens: int, micro_batches: int,
+                    stop_token_ids: tuple[int, ...] = ()):
+    """Greedy run through the pipeline: on the last stage (tokens per sequence, None once stopped;
+    logits per micro-batch (steps, b, V), all steps only without stop tokens); elsewhere (None, None)."""
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=not stop_token_ids)
     logits: list = []
-    steps = list(pipeline_generate_ids(stage, prompts, params, micro_batches,
+    steps = list(pipeline_generate_ids(stage, prompts, params, micro_batches, set(stop_token_ids),
                                        logits_out=logits if stage.stage.last else None))
     if not stage.stage.last:
         return None, None
     tokens = [list(seq) for seq in zip(*steps)]
-    per_group = [torch.stack(logits[m::micro_batches]) for m in range(micro_batches)]
-    return tokens, per_group
+    if stop_token_ids:
+        return tokens, None
+    return tokens, [torch.stack(logits[m::micro_batches]) for m in range(micro_batches)]
 
 
 def rank_greedy(comm: Comm, model_name: str, cases: list[dict], prompts: list[list[int]], max_tokens: int,
@@ -106,7 +108,8 @@ def rank_greedy(comm: Comm, model_name: str, cases: list[dict], prompts: list[li
         if case["scheme"] == "tp":
             tokens, logits = greedy(part, prompts, max_tokens)
         else:
-            tokens, logits = pipeline_greedy(part, prompts, max_tokens, case.get("micro_batches", 1))
+            tokens, logits = pipeline_greedy(part, prompts, max_tokens, case.get("micro_batches", 1),
+                                             tuple(case.get("stop_token_ids", ())))
         results.append({**case, "rank": comm.rank, "tokens": tokens, "logits": logits,
                         "traffic": dict(comm.traffic), "weight_bytes": part.weight_bytes(),
                         "kv_cache_shape": tuple(part.new_cache(1, 1).k.shape)})
