@@ -200,3 +200,5 @@ def test_cli_refuses_a_split_the_model_does_not_allow():
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "KV heads" in p.stderr
     p = _cli("bench", "decode", "--model", "tiny-random", "--tp", "2", "--pp", "2")
     assert p.returncode == 2 and "not both" in p.stderr
+    p = _cli("bench", "decode", "--model", "tiny-random", "--pp", "2", "--batch", "2", "--micro-batches", "3")
+    assert p.returncode == 2 and "--micro-batches must be between 1 and --batch (2)" in p.stderr

@@ -46,6 +46,9 @@ def _check_split(args, scheme: str, ranks: int):
         raise ParallelError(f"--device {args.device} asked for, but no GPU is available")
     config = load_model(args.model, dtype="float32")[0].config  # to refuse a bad split before starting ranks
     (tensor_shards if scheme == "tp" else pipeline_stages)(config, ranks)
+    micro, batch = getattr(args, "micro_batches", 1), getattr(args, "batch", 1)
+    if not 1 <= micro <= batch:
+        raise ParallelError(f"--micro-batches must be between 1 and --batch ({batch}), got {micro}")
 
 
 def run(args, command) -> int:
