@@ -21,7 +21,8 @@ FLOORS = {
     "adapters": 9,
     "bench": 10,
     "serve": 11, "parallel": 11, "evals": 11, "interop": 11, "study": 11, "verify": 11,
-    "cli": 12, "lab": 12, "exercises": 12, "__main__": 12,
+    "cli": 12, "lab": 12, "exercises": 12,
+    "__main__": 13,
 }
 FACADE = "__init__"  # workbench/__init__.py re-exports the main entry points; nothing inside imports it
 

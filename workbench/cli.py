@@ -41,6 +41,19 @@ def _model_args(p: argparse.ArgumentParser):
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _parallel_args(p: argparse.ArgumentParser):
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks: starts torchrun itself, or runs as one "
+                                                     "of its ranks under torchrun (default 1)")
+    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel ranks, contiguous layer stages (default 1)")
+
+
+def _parallel(args, command: str):
+    """Exit status of the run on several ranks when --tp/--pp ask for them (or torchrun started us), else None."""
+    from .parallel.command import requested, run
+
+    return None if requested(args) is None else run(args, command)
+
+
 def _sampling_args(p: argparse.ArgumentParser):
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -63,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
     _model_args(p)
     _sampling_args(p)
+    _parallel_args(p)
 
     p = sub.add_parser("chat", help="multi-turn chat in the terminal (empty line or /exit ends)")
     p.add_argument("--system", default=None, help="system message")
@@ -89,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=1)
     b.add_argument("--output", default=None, help="also write the JSON result to this file (atomically)")
     _model_args(b)
+    _parallel_args(b)
+    b.add_argument("--micro-batches", type=int, default=1, help="--pp: groups of sequences in flight (default 1)")
     b = bench.add_parser("kv", help="generation with no KV cache, contiguous, paged and paged-int8: tok/s, KV bytes")
     b.add_argument("--new-tokens", type=int, default=256)
     b.add_argument("--prompt-tokens", type=int, default=128)
@@ -243,6 +259,9 @@ def cmd_info(args):
 def cmd_generate(args):
     from .engine import generate, stream
 
+    if (status := _parallel(args, "generate")) is not None:
+        return status
+
     model, tokenizer = _load(args)
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     params = _sampling(args)
@@ -307,6 +326,8 @@ def cmd_bench(args):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
     _positive("--new-tokens", args.new_tokens, 2)
     _positive("--warmup", args.warmup, 0)
+    if (status := _parallel(args, "bench")) is not None:
+        return status
     model, tokenizer = _load(args)
     _check_fits(model, args)
     result = bench_decode(model, tokenizer, batch=args.batch, prompt_tokens=args.prompt_tokens,
@@ -490,6 +511,7 @@ def _fail(message: str) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # what --tp/--pp hand on to torchrun
     try:
         status = COMMANDS[args.command](args) or 0
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit

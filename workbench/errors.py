@@ -57,3 +57,9 @@ class CapacityError(WorkbenchError):
 
 class MissingDependencyError(WorkbenchError):
     """An optional package that this feature needs is not installed (the message says which, and how)."""
+
+
+class ParallelError(WorkbenchError):
+    """A parallel run that cannot go ahead or was cut short: a split the model does not allow (more
+    ranks than KV heads or layers, a packed layer whose groups straddle a shard), a rendezvous port
+    in use, or a rank that died or stopped answering."""
