@@ -9,6 +9,7 @@ import pytest
 
 from workbench.bench import timing
 from workbench.bench.timing import alternate, median, read_bandwidth_gb_s, run_end, run_info
+from workbench.errors import InvalidParameterError
 
 
 def recorder(log, values):
@@ -25,7 +26,7 @@ def test_contenders_alternate_round_by_round_and_warmup_is_discarded():
                        rounds=3, warmup=1)
     assert log == ["a", "b", "c"] * 4  # one call each per round, in the mapping's order, never a-a-a then b-b-b
     assert rounds.values == {"a": [1, 2, 3], "b": [4, 5, 6], "c": [7, 8, 9]}  # the warm-up's 100/200/300 are gone
-    assert rounds.order == ["a", "b", "c"] and (rounds.rounds, rounds.warmup) == (3, 1)
+    assert list(rounds.values) == ["a", "b", "c"] and (rounds.rounds, rounds.warmup) == (3, 1)
 
 
 def test_two_warmup_rounds_and_none():
@@ -82,7 +83,7 @@ def test_a_failing_contender_stops_the_run_with_its_own_exception_and_a_note():
 @pytest.mark.parametrize("rounds, warmup, contenders", [(0, 1, {"a": float}), (-1, 0, {"a": float}),
                                                         (1, -1, {"a": float}), (1, 1, {})])
 def test_bad_settings_raise_before_any_call(rounds, warmup, contenders):
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidParameterError):
         alternate(contenders, rounds=rounds, warmup=warmup)
 
 
@@ -104,3 +105,15 @@ def test_run_info_records_machine_versions_and_load(monkeypatch):
 def test_read_bandwidth_is_measured():
     bw = read_bandwidth_gb_s(mib=64, rounds=3)
     assert 0 < bw["median"] <= bw["best"] and bw["rounds"] == 3 and bw["mib"] == 64
+
+
+def test_csr_matmul_timing_alternates_dense_and_csr():
+    import torch
+
+    from workbench.bench.sparse import matmul_timing
+
+    weight = torch.randn(64, 128, generator=torch.Generator().manual_seed(0))
+    weight[:, ::2] = 0  # 50% sparse
+    t = matmul_timing(weight, tokens=1, repeats=3)
+    assert t["dense_us"] > 0 and t["csr_us"] > 0 and t["csr_over_dense"] > 0
+    assert t["max_abs_diff"] < 1e-4  # the CSR product is the same product

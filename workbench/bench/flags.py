@@ -5,7 +5,7 @@ results go, without suffix: `data/results/NAME`, `data/results/NAME_quick` with 
 run never overwrites a full run's files) and `--bandwidth` (measure the read bandwidth into the run
 info). A script that times contenders gets `--rounds` (alias `--repeats`) and `--warmup-rounds` by
 giving them defaults; one that times decoding gets `--prompt-tokens` and `--new-tokens`; one that can
-run with and without our kernels gets `--kernels`.
+run with and without our kernels gets `--kernels`, and one that can time CPU seconds `--clock`.
 
     parser = benchmark_parser(__doc__, "pruning", full={"rounds": 5, "prompt_tokens": 128, ...},
                               quick={"rounds": 1, "prompt_tokens": 16, ...})
@@ -56,6 +56,10 @@ def benchmark_parser(doc: str, name, *, full: dict, quick: dict | None = None, m
         if key in full:
             skip = " (0: skip the timing)" if key == "rounds" and min_rounds == 0 else ""
             shared.add_argument(*options, dest=key, type=kind, default=None, help=text + sizes(key) + skip)
+    if "clock" in full:
+        shared.add_argument("--clock", choices=("wall", "cpu"), default=None,
+                            help="wall seconds, or CPU seconds of the process (with --threads 1 on a crowded "
+                                 "machine)" + sizes("clock"))
     if "kernels" in full:
         shared.add_argument("--kernels", choices=kernels, default=None,
                             help="our CPU kernels, PyTorch's operators (off)" + (", or both" * ("both" in kernels))

@@ -15,20 +15,18 @@ bandwidth of a 2-core machine like CI's, /work/shared/BASELINES.md).
 from __future__ import annotations
 
 import os
-import time
 from functools import partial
 
 import torch
 
 from .. import kernels as cpu_kernels
 from ..settings import pick
-from .timing import alternate, now
+from .timing import CLOCKS, alternate
 from .decode import bench_decode
 from .quality import quantized_copy
 
 METHOD = __doc__
 TYPICAL_BANDWIDTH_GB_S = 38.0
-CLOCKS = {"wall": now, "cpu": time.process_time}
 
 
 def decode_speed_table(model="smollm2-135m", specs=("float32", "bfloat16", "int8", "int4-g32", "q4_1"),

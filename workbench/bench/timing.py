@@ -12,12 +12,19 @@ from __future__ import annotations
 import resource
 import statistics
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Mapping
 
+from ..errors import InvalidParameterError
 from ..settings import now
 
-__all__ = ["Rounds", "alternate", "loadavg", "median", "now", "peak_rss_mb", "read_bandwidth_gb_s", "run_end", "run_info"]
+__all__ = ["CLOCKS", "Rounds", "alternate", "loadavg", "median", "now", "peak_rss_mb", "read_bandwidth_gb_s", "run_end", "run_info"]
+
+
+# wall: elapsed seconds; cpu: CPU seconds of the process, which a crowded machine does not stretch
+# (use it with one thread, so that the CPU seconds are the work of the one thread that waits for them)
+CLOCKS = {"wall": now, "cpu": time.process_time}
 
 
 def median(values) -> float:
@@ -30,10 +37,9 @@ class Rounds:
     round (warm-up rounds left out), in round order. A value is a number or a mapping of numbers
     (a `bench_decode` result, say); `key` picks the number out of a mapping."""
 
-    values: dict[Hashable, list[Any]]
+    values: dict[Hashable, list[Any]]  # in the order the contenders ran within each round
     rounds: int
     warmup: int
-    order: list[Hashable] = field(default_factory=list)  # the contenders in the order each round ran them
 
     def series(self, name: Hashable, key: str | None = None) -> list[float]:
         return [float(v if key is None else v[key]) for v in self.values[name]]
@@ -69,11 +75,11 @@ def alternate(contenders: Mapping[Hashable, Callable[[], Any]], rounds: int, war
     them: it times itself, with whatever clock it needs). An exception from a contender stops the
     run and propagates unchanged, with a note naming the contender and the round."""
     if rounds < 1:
-        raise ValueError(f"rounds must be at least 1, got {rounds}")
+        raise InvalidParameterError(f"rounds must be at least 1, got {rounds}")
     if warmup < 0:
-        raise ValueError(f"warmup must be 0 or more, got {warmup}")
+        raise InvalidParameterError(f"warmup must be 0 or more, got {warmup}")
     if not contenders:
-        raise ValueError("no contenders to time")
+        raise InvalidParameterError("no contenders to time")
     values = {name: [] for name in contenders}
     for i in range(warmup + rounds):
         phase = f"warm-up round {i + 1} of {warmup}" if i < warmup else f"round {i - warmup + 1} of {rounds}"
@@ -85,7 +91,7 @@ def alternate(contenders: Mapping[Hashable, Callable[[], Any]], rounds: int, war
                 raise
             if i >= warmup:
                 values[name].append(value)
-    return Rounds(values, rounds, warmup, list(contenders))
+    return Rounds(values, rounds, warmup)
 
 
 def peak_rss_mb() -> float:
