@@ -69,3 +69,31 @@ def test_only_the_flags_a_script_sizes_are_added():
     options = {o for action in parser._actions for o in action.option_strings}
     assert {"--model", "--threads", "--quick", "--out", "--bandwidth"} <= options
     assert not options & {"--rounds", "--prompt-tokens", "--kernels"}
+
+
+def test_the_clock_flag_where_a_script_sizes_it():
+    parser = benchmark_parser("doc", "demo", full={"clock": "wall"})
+    assert parse_benchmark_args(parser, ["--clock", "cpu"]).clock == "cpu"
+    assert parse_benchmark_args(benchmark_parser("doc", "demo", full={"clock": "wall"}), []).clock == "wall"
+
+
+SCRIPTS = ["batching", "decode_vs_transformers", "distillation", "kernels", "kv_cache", "pruning", "quantization_ppl"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_benchmark_script_builds_its_flags_on_the_shared_ones(name, capsys, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    main = getattr(module, "main")
+    with pytest.raises(SystemExit) as exit_:  # a flag declared twice would raise argparse.ArgumentError instead
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert all(flag in text for flag in ("--threads", "--quick", "--out STEM", "--bandwidth", "--model"))
