@@ -11,40 +11,34 @@ seed, arrivals, prompts and lengths); the one-at-a-time reference is decoded onc
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import pandas as pd
-import torch
 
 import workbench
 from workbench.bench.batching import bench_batching, reference_outputs
-from workbench.bench.timing import run_info
+from workbench.bench.flags import benchmark_parser, parse_benchmark_args
+from workbench.bench.timing import run_end, run_info
 from workbench.engine import POLICIES, poisson_workload
 from workbench.io import atomic_write_json, atomic_write_text
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--requests", type=int, default=32)
+def main(argv=None):
+    parser = benchmark_parser(__doc__, "batching", full=dict(requests=32, min_output=16, max_output=256, batch_size=16),
+                              quick=dict(requests=6, min_output=4, max_output=16, batch_size=4))
+    parser.add_argument("--requests", type=int, default=None, help="requests in the workload (full 32)")
     parser.add_argument("--rate", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-prompt", type=int, default=16)
     parser.add_argument("--max-prompt", type=int, default=128)
-    parser.add_argument("--min-output", type=int, default=16)
-    parser.add_argument("--max-output", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=16, help="static/dynamic batch; continuous max sequences")
+    parser.add_argument("--min-output", type=int, default=None, help="shortest output (full 16)")
+    parser.add_argument("--max-output", type=int, default=None, help="longest output (full 256)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="static/dynamic batch; continuous max sequences (full 16)")
     parser.add_argument("--max-wait", type=float, default=0.5, help="dynamic batching's wait (s)")
     parser.add_argument("--policies", nargs="*", default=list(POLICIES))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default="data/results/batching")
-    args = parser.parse_args()
-    if args.quick:
-        args.requests, args.min_output, args.max_output, args.batch_size = 6, 4, 16, 4
-        args.out += "_quick"
-    torch.set_num_threads(args.threads)
+    args = parse_benchmark_args(parser, argv)
+    info = run_info(bandwidth=args.bandwidth)
     model, tok = workbench.load_model(args.model)
     settings = dict(requests=args.requests, rate=args.rate, seed=args.seed,
                     prompt_tokens=(args.min_prompt, args.max_prompt), output_tokens=(args.min_output, args.max_output),
@@ -77,7 +71,7 @@ def main():
                           "p95_no_worse": targets["p95_latency_continuous_over_static"] <= 1,
                           "waste_under_5pct": targets["paged_kv_waste_continuous"] < 0.05}
     result = {"policies": summaries, "targets": targets, "settings": settings, "model": args.model,
-              "run": run_info()}
+              "run": run_end(info)}
     atomic_write_json(args.out + ".json", result)
     atomic_write_text(args.out + "_requests.csv", pd.concat(frames).to_csv(index=False))
     table = pd.DataFrame(summaries).T.drop(columns=["method"])

@@ -5,8 +5,10 @@ same run, same prompts, same clock.
 Engines, all in one process: ours in float32 and bfloat16 with our CPU kernels and without them
 (PyTorch's operators), transformers in the same dtypes, ours on every quantization spec (`--specs`,
 with kernels), and llama.cpp on the matching GGUF types when `llama_cpp` is importable. For every
-batch size: an untimed warm-up run of each engine, then `repeats` rounds of one timed run of every
-engine, so a noisy neighbour on a shared machine slows all alike. All are timed the way
+batch size: an untimed warm-up run of each engine (it also records the greedy tokens compared in the
+table; `--warmup-rounds` above 1 adds alternated warm-up rounds), then `--rounds` rounds of one timed
+run of every engine (`workbench.bench.timing.alternate`), so a noisy neighbour on a shared machine
+slows all alike. All are timed the way
 `workbench.bench.decode.METHOD` defines it: prefill = start of the call to the first sampled token,
 decode = first to last sampled token. See benchmarks/README.md.
 
@@ -19,12 +21,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import gc
 import importlib.util
 import os
-import platform
-import shlex
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -42,7 +41,8 @@ if str(ROOT) not in sys.path:
 from workbench import kernels  # noqa: E402
 from workbench.bench import quantized_copy  # noqa: E402
 from workbench.bench.decode import METHOD, bench_decode, benchmark_prompts, decode_bytes_per_step  # noqa: E402
-from workbench.bench.timing import median, now  # noqa: E402
+from workbench.bench.flags import benchmark_parser, parse_benchmark_args  # noqa: E402
+from workbench.bench.timing import CLOCKS, alternate, median, run_end, run_info  # noqa: E402
 from workbench.checkpoints import load_model  # noqa: E402
 from workbench.engine import SamplingParams, generate_ids  # noqa: E402
 from workbench.io import atomic_write_json, atomic_write_text  # noqa: E402
@@ -53,9 +53,10 @@ MODEL = "smollm2-135m"
 MARK_START, MARK_END = "<!-- decode-benchmark:start -->", "<!-- decode-benchmark:end -->"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SPECS = ["int8", "int4-g32", "int4-g64", "int4-g128", "q8_0", "q4_0", "q4_1"]
-FULL = {"batches": [1, 8], "prompt_tokens": 512, "new_tokens": 128, "repeats": 3, "warmup": 1, "specs": SPECS}
+FULL = {"batches": [1, 8], "prompt_tokens": 512, "new_tokens": 128, "rounds": 3, "warmup_rounds": 1, "specs": SPECS,
+        "kernels": "both", "clock": "wall"}
 BUSY_LOAD = 1.0  # 1-minute load average above which a run is flagged as measured on a busy machine
-QUICK = {"batches": [1, 2], "prompt_tokens": 32, "new_tokens": 8, "repeats": 1, "warmup": 1, "specs": ["int8"]}
+QUICK = {"batches": [1, 2], "prompt_tokens": 32, "new_tokens": 8, "rounds": 1, "specs": ["int8"]}
 LLAMA_CPP_METHOD = (
     "llama.cpp, only when llama-cpp-python is importable (optional; it compiles for about 6 minutes): our float32 "
     "model exported with workbench.checkpoints.gguf_export as F32 / Q8_0 / Q4_0 / Q4_1 (the same bytes as our "
@@ -67,7 +68,8 @@ HF_METHOD = (
     "transformers: LlamaForCausalLM loaded by workbench.verify.load_reference from the same GGUF (float32; "
     "bfloat16 = a copy cast with .to(torch.bfloat16)), default attention implementation and default (dynamic) "
     "KV cache, model.generate(input_ids, attention_mask=all ones, do_sample=False, max_new_tokens=N, "
-    "min_new_tokens=N) on the same token ids as ours. A LogitsProcessor records time.perf_counter() at each "
+    "min_new_tokens=N) on the same token ids as ours. A LogitsProcessor records the clock (time.perf_counter, or "
+    "time.process_time with --clock cpu) at each "
     "call: the first call comes right after the prefill forward, the last one before the N-th token is picked. "
     "prefill_tok_s = batch*prompt_tokens / (first call - start of generate); decode_tok_s = batch*(N-1) / "
     "(last call - first call); gb_s = the same weight bytes as ours (every weight in the tested dtype, the tied "
@@ -91,49 +93,21 @@ PEER_SOURCE = ("llama.cpp (llama-cpp-python 0.3.36), from /work/shared/BASELINES
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: prompt 32, 8 new tokens, 1 repeat, batches 1 2 (writes *_quick.json/.csv)")
-    p.add_argument("--out-dir", default="data/results", help="where the .json and .csv go")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p = benchmark_parser(__doc__.split("\n\n")[0], "decode_vs_transformers", full=FULL, quick=QUICK,
+                         kernels=("on", "off", "both"))
     p.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (full: 1 8)")
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     p.add_argument("--specs", nargs="+", default=None,
                    help=f"quantization specs run on our engine with kernels (full: {' '.join(SPECS)}; quick: int8)")
-    p.add_argument("--kernels", choices=["on", "off", "both"], default="both",
-                   help="our float engine with our CPU kernels, without them (PyTorch's operators), or both")
     p.add_argument("--spec-baselines", action="store_true",
                    help="also run every spec without kernels (its PyTorch path dequantizes every step: slow)")
     p.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp even when llama_cpp is importable")
-    p.add_argument("--prompt-tokens", type=int, default=None, help="prompt length (full: 512)")
-    p.add_argument("--new-tokens", type=int, default=None, help="tokens generated per sequence (full: 128)")
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds per config (full: 3)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed runs of each engine per config (default 1)")
-    p.add_argument("--model", default=MODEL, help="bundled name, .gguf file or Hugging Face directory")
     p.add_argument("--readme", default=None,
                    help=f"replace the text between {MARK_START} and {MARK_END} in this file with the table")
     p.add_argument("--no-peers", action="store_true", help="leave the llama.cpp reference table out")
-    args = p.parse_args(argv)
-    defaults = QUICK if args.quick else FULL
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    problems = []
-    if args.threads < 1:
-        problems.append("--threads must be >= 1")
+    args = parse_benchmark_args(p, argv)
     if any(b < 1 for b in args.batches):
-        problems.append("--batches must all be >= 1")
-    if args.prompt_tokens < 1:
-        problems.append("--prompt-tokens must be >= 1")
-    if args.new_tokens < 2:
-        problems.append("--new-tokens must be >= 2 (decode speed is timed between tokens)")
-    if args.repeats < 1:
-        problems.append("--repeats must be >= 1")
-    if args.warmup < 0:
-        problems.append("--warmup must be >= 0")
-    if problems:
-        p.error("; ".join(problems))
+        p.error("--batches must all be >= 1")
     args.dtypes = list(dict.fromkeys(args.dtypes))
     args.specs = list(dict.fromkeys(args.specs))
     from workbench.quant import SPECS as KNOWN
@@ -178,24 +152,24 @@ def _step_timer_class():
     class StepTimer(LogitsProcessor):
         """Records the clock each time generate asks for the next token's scores (changes nothing)."""
 
-        def __init__(self):
-            self.times: list[float] = []
+        def __init__(self, clock):
+            self.clock, self.times = clock, []
 
         def __call__(self, input_ids, scores):
-            self.times.append(now())
+            self.times.append(self.clock())
             return scores
 
     return StepTimer
 
 
-def hf_generation(ref, prompts: list[list[int]], new_tokens: int, timer_cls) -> tuple[float, float, list[list[int]]]:
+def hf_generation(ref, prompts: list[list[int]], new_tokens: int, timer_cls, clock) -> tuple[float, float, list[list[int]]]:
     """(prefill seconds, decode seconds, new token ids) of one greedy `generate` call."""
     from transformers import LogitsProcessorList
 
     ids = torch.tensor(prompts, dtype=torch.long)
-    timer = timer_cls()
+    timer = timer_cls(clock)
     gc.collect()
-    start = now()
+    start = clock()
     with torch.inference_mode():
         out = ref.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                            max_new_tokens=new_tokens, min_new_tokens=new_tokens,
@@ -253,33 +227,6 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> float:
 # the run
 
 
-def machine_info(threads: int) -> dict:
-    cpu, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        cpu = platform.processor() or "unknown"
-    import transformers
-
-    return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "cpu_flags": sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")),
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
-        "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
 # ---------------------------------------------------------------------------------------------------
 # the engines: each times one greedy generation of `new_tokens` tokens for a list of prompts
 
@@ -296,14 +243,14 @@ class Engine:
     batches: tuple | None = None  # batch sizes it can run (None: any)
 
 
-def ours_engine(model, tokenizer, weights: str, kernels_on: bool) -> Engine:
+def ours_engine(model, tokenizer, weights: str, kernels_on: bool, clock) -> Engine:
     def mode():
         return nullcontext() if kernels_on else kernels.disabled()
 
     def time(prompts, new_tokens):
         with mode():
             r = bench_decode(model, tokenizer, batch=len(prompts), prompt_tokens=len(prompts[0]),
-                             new_tokens=new_tokens, repeats=1, warmup=0)
+                             new_tokens=new_tokens, repeats=1, warmup=0, clock=clock)
         return r["runs_s"][0]["prefill_s"], r["runs_s"][0]["decode_s"]
 
     def tokens(prompts, new_tokens):
@@ -314,15 +261,16 @@ def ours_engine(model, tokenizer, weights: str, kernels_on: bool) -> Engine:
     return Engine("workbench", weights, used, model.weight_bytes(), decode_bytes_per_step(model), time, tokens)
 
 
-def hf_engine(ref, dtype_name: str, timer_cls) -> Engine:
+def hf_engine(ref, dtype_name: str, timer_cls, clock) -> Engine:
     import transformers
 
     return Engine(f"transformers {transformers.__version__}", dtype_name, "", weight_bytes(ref),
-                  hf_bytes_per_step(ref), lambda prompts, n: hf_generation(ref, prompts, n, timer_cls)[:2],
-                  lambda prompts, n: hf_generation(ref, prompts, n, timer_cls)[2])
+                  hf_bytes_per_step(ref), lambda prompts, n: hf_generation(ref, prompts, n, timer_cls, clock)[:2],
+                  lambda prompts, n: hf_generation(ref, prompts, n, timer_cls, clock)[2])
 
 
-def llama_cpp_engine(model, tokenizer, gguf_type: str, weights: str, tmp: Path, threads: int, n_ctx: int) -> Engine:
+def llama_cpp_engine(model, tokenizer, gguf_type: str, weights: str, tmp: Path, threads: int, n_ctx: int,
+                     clock) -> Engine:
     """llama.cpp (llama-cpp-python) on our model exported as GGUF `gguf_type`; batch 1 only."""
     import llama_cpp
 
@@ -335,9 +283,9 @@ def llama_cpp_engine(model, tokenizer, gguf_type: str, weights: str, tmp: Path, 
 
     def run(prompts, new_tokens):
         tokens, times = [], []
-        start = now()
+        start = clock()
         for token in llm.generate(prompts[0], top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
-            times.append(now())
+            times.append(clock())
             tokens.append(int(token))
             if len(tokens) == new_tokens:
                 break
@@ -348,7 +296,7 @@ def llama_cpp_engine(model, tokenizer, gguf_type: str, weights: str, tmp: Path, 
 
 
 def build_engines(args, tmp: Path) -> tuple[list[Engine], object]:
-    timer_cls = _step_timer_class()
+    timer_cls, clock = _step_timer_class(), CLOCKS[args.clock]
     engines, floats = [], {}
     print(f"loading transformers' model for {args.model} (float32) ...", file=sys.stderr, flush=True)
     ref32 = load_reference(args.model)
@@ -356,20 +304,21 @@ def build_engines(args, tmp: Path) -> tuple[list[Engine], object]:
         model, tokenizer = load_model(args.model, dtype=DTYPES[dtype_name], kernels=args.kernels != "off")
         floats[dtype_name] = model
         modes = {"on": [True], "off": [False], "both": [True, False]}[args.kernels]
-        engines += [ours_engine(model, tokenizer, dtype_name, on) for on in modes]
+        engines += [ours_engine(model, tokenizer, dtype_name, on, clock) for on in modes]
         ref = ref32 if dtype_name == "float32" else copy.deepcopy(ref32).to(DTYPES[dtype_name])
-        engines.append(hf_engine(ref, dtype_name, timer_cls))
+        engines.append(hf_engine(ref, dtype_name, timer_cls, clock))
     base = floats.get("float32") or load_model(args.model)[0]
     for spec in args.specs:
         print(f"quantizing {spec} ...", file=sys.stderr, flush=True)
         variant = kernels.enable(quantized_copy(base, spec, tokenizer))
-        engines += [ours_engine(variant, tokenizer, spec, on) for on in ([True, False] if args.spec_baselines else [True])]
+        engines += [ours_engine(variant, tokenizer, spec, on, clock)
+                    for on in ([True, False] if args.spec_baselines else [True])]
     if importlib.util.find_spec("llama_cpp") is not None and not args.no_llama_cpp:
         wanted = [("float32", "F32")] * ("float32" in args.dtypes) + [
             (s, s.upper()) for s in args.specs if s.upper() in ("Q8_0", "Q4_0", "Q4_1")]
         for weights, gguf_type in wanted:
             engines.append(llama_cpp_engine(base, tokenizer, gguf_type, weights, tmp, args.threads,
-                                            args.prompt_tokens + args.new_tokens + 16))
+                                            args.prompt_tokens + args.new_tokens + 16, clock))
     return engines, tokenizer
 
 
@@ -381,7 +330,7 @@ def run(args) -> dict:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
-    info = machine_info(torch.get_num_threads())
+    info = run_info(bandwidth=args.bandwidth)
     if (info["loadavg_start"] or [0.0])[0] > BUSY_LOAD:
         print(f"warning: load average {info['loadavg_start'][0]:.1f}: the machine is busy, timings will be noisy",
               file=sys.stderr, flush=True)
@@ -392,36 +341,37 @@ def run(args) -> dict:
         info["kernels"] = kernels.status()
         for batch in args.batches:
             prompts = benchmark_prompts(tokenizer, batch, P)
-            active = [e for e in engines if e.batches is None or batch in e.batches]
-            print(f"batch {batch}: warm-up of {len(active)} engines ...", file=sys.stderr, flush=True)
-            tokens = {id(e): e.tokens(prompts, N) for e in active}  # the first warm-up run
-            for e in active:
-                for _ in range(args.warmup - 1):
-                    e.time(prompts, N)
-            runs = {id(e): [] for e in active}
-            for r in range(args.repeats):  # every engine once per round: noise hits all alike
-                for e in active:
+            active = {label(e): e for e in engines if e.batches is None or batch in e.batches}
+            print(f"batch {batch}: warm-up of {len(active)} engines, then {args.rounds} rounds ...", file=sys.stderr,
+                  flush=True)
+            tokens = {name: e.tokens(prompts, N) for name, e in active.items()}  # the first warm-up run
+
+            def timed(e):
+                def run():
                     gc.collect()
-                    runs[id(e)].append(e.time(prompts, N))
-                print(f"  round {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
-            for e in active:
+                    return e.time(prompts, N)
+                return run
+            # every engine once per round, so noise hits all alike; further warm-up rounds if asked
+            rounds = alternate({name: timed(e) for name, e in active.items()}, args.rounds,
+                               max(args.warmup_rounds - 1, 0))
+            for name, e in active.items():
                 rows.append({"engine": e.engine, "weights": e.weights, "kernels": e.kernels, "batch": batch,
-                             "prompt_tokens": P, "new_tokens": N, "threads": args.threads, "repeats": args.repeats,
+                             "prompt_tokens": P, "new_tokens": N, "threads": args.threads, "repeats": args.rounds,
                              "model_bytes": e.model_bytes, "bytes_per_step": e.step_bytes,
-                             **summarise(runs[id(e)], batch, P, N, e.step_bytes), "_tokens": tokens[id(e)]})
+                             **summarise(rounds.values[name], batch, P, N, e.step_bytes), "_tokens": tokens[name]})
     add_ratios(rows)
-    info["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    run_end(info)
     return {
         "benchmark": "decode_vs_transformers",
         "model": args.model,
         "quick": args.quick,
-        "command": command_line(),
+        "command": info["command"],
         "settings": {"batches": args.batches, "dtypes": args.dtypes, "specs": args.specs, "kernels": args.kernels,
-                     "prompt_tokens": P, "new_tokens": N, "repeats": args.repeats, "warmup": args.warmup,
-                     "threads": args.threads},
+                     "prompt_tokens": P, "new_tokens": N, "repeats": args.rounds, "warmup": args.warmup_rounds,
+                     "threads": args.threads, "clock": args.clock},
         "machine": info,
         "method": {"ours": METHOD, "transformers": HF_METHOD, "llama.cpp": LLAMA_CPP_METHOD,
-                   "ratios": "from the medians of the same rounds: vs_transformers = ours / transformers in the same "
+                   "ratios": "medians of the per-round decode-speed ratios (same rounds): vs_transformers = ours / transformers in the same "
                              "dtype; vs_ours_float32 = this row / our float32 row with kernels (same batch); "
                              "kernel_speedup = our row with kernels / the same weights without",
                    "greedy_agreement": "fraction of generated positions before the first disagreement with "
@@ -436,6 +386,16 @@ def run(args) -> dict:
     }
 
 
+def label(e: Engine) -> str:
+    """An engine's name in the rounds (and in a contender's error note)."""
+    return " ".join(part for part in (e.engine, e.weights, e.kernels) if part)
+
+
+def per_round_ratio(row: dict, other: dict) -> float:
+    """Median over the rounds of row / other decode speed (both timed in the same rounds)."""
+    return median(o["decode_s"] / r["decode_s"] for r, o in zip(row["runs_s"], other["runs_s"]))
+
+
 def add_ratios(rows: list[dict]):
     """Ratios between rows of the same batch (see the method text); the greedy tokens are dropped after."""
     def find(batch, **match):
@@ -446,19 +406,13 @@ def add_ratios(rows: list[dict]):
         ours32 = next((o for o in rows if o["batch"] == r["batch"] and o["weights"] == "float32"
                        and o["engine"] == "workbench" and o["kernels"] != "off"), None)
         off = find(r["batch"], engine="workbench", weights=r["weights"], kernels="off")
-        r["vs_transformers"] = r["decode_tok_s"] / hf["decode_tok_s"] if hf and r["engine"] == "workbench" else None
-        r["vs_ours_float32"] = r["decode_tok_s"] / ours32["decode_tok_s"] if ours32 else None
-        r["kernel_speedup"] = (r["decode_tok_s"] / off["decode_tok_s"]
-                               if off and r["engine"] == "workbench" and r["kernels"] != "off" else None)
+        r["vs_transformers"] = per_round_ratio(r, hf) if hf and r["engine"] == "workbench" else None
+        r["vs_ours_float32"] = per_round_ratio(r, ours32) if ours32 else None
+        r["kernel_speedup"] = per_round_ratio(r, off) if off and r["engine"] == "workbench" and r["kernels"] != "off" else None
         reference = hf or ours32
         r["greedy_agreement"] = agreement(r["_tokens"], reference["_tokens"]) if reference and reference is not r else None
     for r in rows:
         r.pop("_tokens")
-
-
-def command_line() -> str:
-    args = [shlex.quote(a) for a in sys.argv[1:]]
-    return " ".join([".venv/bin/python", "benchmarks/decode_vs_transformers.py", *args])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -470,7 +424,8 @@ def markdown(result: dict) -> str:
     x = lambda v: f"{v:.2f}x" if v is not None else ""  # noqa: E731
     lines = [
         f"Same run, every engine once per round: {result['model']}, prompt {s['prompt_tokens']} tokens, "
-        f"{s['new_tokens']} new tokens, greedy, {m['threads']} threads, medians of {s['repeats']} "
+        f"{s['new_tokens']} new tokens, greedy, {m['threads']} threads, "
+        f"{'CPU seconds of the process' if s.get('clock') == 'cpu' else 'wall clock'}, medians of {s['repeats']} "
         f"(after {s['warmup']} warm-up), {m['cpu']}, torch {m['torch']}, transformers {m['transformers']}. "
         f"Decode and prefill in tokens/s (all sequences of the batch); GB/s = weight bytes per decode step "
         f"x steps/s; kernels = our C++ kernels' instruction set (off: PyTorch's operators).",
@@ -490,7 +445,7 @@ def markdown(result: dict) -> str:
     start, end = (m.get("loadavg_start") or [0.0])[0], (m.get("loadavg_end") or [0.0])[0]
     lines.append(f"Decode [min-max] over the rounds. 1-minute load average {start:.1f} at the start, {end:.1f} at the end.")
     if start > BUSY_LOAD:
-        lines.append(f"WARNING: the machine was busy (other processes on {m['cpu_count']} cores): absolute numbers "
+        lines.append(f"WARNING: the machine was busy (other processes on {m['cpu_threads']} CPUs): absolute numbers "
                      f"are unreliable; ratios within a round are less affected.")
     peers = result.get("peers_reference_only")
     if peers and not any(r["engine"].startswith("llama.cpp") for r in result["rows"]):
@@ -508,11 +463,10 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(result: dict, out_dir: Path, quick: bool) -> tuple[Path, Path]:
+def write_outputs(result: dict, out: str) -> tuple[Path, Path]:
     import pandas as pd
 
-    stem = "decode_vs_transformers_quick" if quick else "decode_vs_transformers"
-    json_path, csv_path = out_dir / f"{stem}.json", out_dir / f"{stem}.csv"
+    json_path, csv_path = Path(out + ".json"), Path(out + ".csv")
     atomic_write_json(json_path, result)
     columns = ["engine", "weights", "kernels", "batch", "prompt_tokens", "new_tokens", "threads", "repeats",
                "prefill_tok_s", "decode_tok_s", "decode_tok_s_min", "decode_tok_s_max", "gb_s", "model_bytes",
@@ -528,12 +482,13 @@ def main(argv=None):
     readme_text = check_readme(args.readme) if args.readme else None
     result = run(args)
     table = markdown(result)
-    json_path, csv_path = write_outputs(result, Path(args.out_dir), args.quick)
+    json_path, csv_path = write_outputs(result, args.out)
     print(table)
     print(f"wrote {json_path} and {csv_path}", file=sys.stderr)
     if args.readme:
         readme_text = check_readme(args.readme)  # re-read: it may have been edited during the run
-        header = f"Measured {result['machine']['date'][:10]} with `{result['command']}`."
+        header = (f"Measured {result['machine']['date'][:10]} with `{result['command']}`, which wrote "
+                  f"`{json_path}` and `{csv_path}`.")
         atomic_write_text(args.readme, replace_between_markers(readme_text, header + "\n\n" + table))
         print(f"updated {args.readme}", file=sys.stderr)
 

@@ -10,28 +10,28 @@ bytes = `weight_bytes` of the model as stored (dense tensors, zeros included); c
 nm_bytes = what a CSR or N:M-compressed layout of the decoder matrices would take (storage.py).
 Speed: `bench_decode` at batch 1 on our CPU kernels (`--kernels off`: PyTorch's operators; greedy,
 `--prompt-tokens` prompt, `--new-tokens` new tokens) on the dense model and every speed spec,
-alternated round by round in one process (`--rounds` rounds after
-one warm-up round), medians; speedup = pruned / dense decode tok/s of the same run. Speed specs are
-measured first, then perplexity for every spec (speed specs included). Rows are written
-atomically after each spec, so an interrupted run keeps what it finished.
+alternated round by round in one process (`workbench.bench.timing.alternate`: `--rounds` rounds
+after `--warmup-rounds` warm-up rounds), medians; speedup = the median over the rounds of pruned /
+dense decode tok/s in the same round. Speed specs are measured first, then perplexity for every spec
+(speed specs included). Rows are written atomically after each spec, so an interrupted run keeps
+what it finished.
 
     .venv/bin/python benchmarks/pruning.py [--specs wanda:0.5 ...] [--speed-specs mlp:0.5 ...]
+    .venv/bin/python benchmarks/pruning.py --quick      # smoke run: writes pruning_quick.*
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import os
-import time
+from functools import partial
 
 import pandas as pd
-import torch
 
 import workbench
 from workbench import kernels
 from workbench.bench import bench_decode
-from workbench.bench.timing import median, run_info
+from workbench.bench.flags import benchmark_parser, parse_benchmark_args
+from workbench.bench.timing import CLOCKS, alternate, now, run_end, run_info
 from workbench.corpus import builtin_text
 from workbench.eval import perplexity
 from workbench.io import atomic_write_json, atomic_write_text
@@ -56,33 +56,28 @@ def build(model, tok, spec: str, recovery_steps: int):
     return pruned
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--specs", nargs="*", default=QUALITY)
-    parser.add_argument("--speed-specs", nargs="*", default=SPEED)
-    parser.add_argument("--max-tokens", type=int, default=4096)
-    parser.add_argument("--window", type=int, default=1024)
-    parser.add_argument("--recovery-steps", type=int, default=100)
-    parser.add_argument("--prompt-tokens", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--kernels", choices=["on", "off"], default="on",
-                        help="decode on our CPU kernels (default, as the CLI) or PyTorch's operators")
-    parser.add_argument("--out", default="data/results/pruning")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def main(argv=None):
+    parser = benchmark_parser(__doc__, "pruning", full=dict(
+        specs=QUALITY, speed_specs=SPEED, max_tokens=4096, window=1024, recovery_steps=100, rounds=5, warmup_rounds=1,
+        prompt_tokens=128, new_tokens=64, kernels="on", clock="wall"), quick=dict(
+        specs=["wanda:0.5", "magnitude:2:4"], speed_specs=["mlp:0.5"], max_tokens=512, window=256, recovery_steps=2,
+        rounds=1, prompt_tokens=16, new_tokens=8))
+    parser.add_argument("--specs", nargs="*", default=None, help="perplexity specs")
+    parser.add_argument("--speed-specs", nargs="*", default=None, help="specs also timed against the dense model")
+    parser.add_argument("--max-tokens", type=int, default=None, help="evaluation tokens (full 4096)")
+    parser.add_argument("--window", type=int, default=None, help="perplexity window (full 1024)")
+    parser.add_argument("--recovery-steps", type=int, default=None, help="fine-tuning steps of +recovery specs (full 100)")
+    args = parse_benchmark_args(parser, argv)
 
     model, tok = workbench.load_model(args.model)
     ids = tok.encode(builtin_text("evaluation"), add_special_tokens=False)[:args.max_tokens]
     meta = {"method": __doc__, "model": args.model, "window": args.window, "max_tokens": args.max_tokens,
-            "recovery_steps": args.recovery_steps, **run_info()}
+            "recovery_steps": args.recovery_steps, **run_info(bandwidth=args.bandwidth)}
     rows, models = [], {"dense": model}
 
     def save():
         atomic_write_text(args.out + ".csv", pd.DataFrame(rows).to_csv(index=False))
-        atomic_write_json(args.out + ".json", {**meta, "loadavg_now": os.getloadavg(), "rows": rows})
+        atomic_write_json(args.out + ".json", {**run_end(meta), "rows": rows})
 
     def row(spec, m, seconds):
         base = spec.split("+")[0]
@@ -103,38 +98,35 @@ def main():
     row("dense", model, 0.0)
     built = {}
     for spec in args.speed_specs:
-        start = time.perf_counter()
-        built[spec] = (build(model, tok, spec, args.recovery_steps), time.perf_counter() - start)
+        start = now()
+        built[spec] = (build(model, tok, spec, args.recovery_steps), now() - start)
         models[spec] = built[spec][0]
 
-    # Decode speed first (the pruned models are at hand), interleaved: every round times every model
+    # Decode speed first (the pruned models are at hand), alternated: every round times every model
     # once, so load changes hit all of them alike.
-    speed = {name: [] for name in models}
     if args.kernels == "on":
         for m in models.values():
             kernels.enable(m)
-    for round_ in range(args.rounds + 1):
-        for name, m in models.items():
-            r = bench_decode(m, tok, batch=1, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-                             repeats=1, warmup=0)
-            if round_:  # round 0 warms up
-                speed[name].append(r["decode_tok_s"])
-    dense = median(speed["dense"])
-    speed_rows = {name: dict(tok_s=median(v), tok_s_min=min(v), tok_s_max=max(v), speedup=median(v) / dense)
-                  for name, v in speed.items()}
+    decode = dict(batch=1, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=1, warmup=0,
+                  clock=CLOCKS[args.clock])
+    speed = alternate({name: partial(bench_decode, m, tok, **decode) for name, m in models.items()},
+                      rounds=args.rounds, warmup=args.warmup_rounds)
+    speed_rows = {name: dict(tok_s=v["median"], tok_s_min=v["min"], tok_s_max=v["max"], speedup=v["vs_baseline"])
+                  for name, v in speed.summary("decode_tok_s", baseline="dense").items()}
     for name, v in speed_rows.items():
         print(f"{name:<22} decode {v['tok_s']:6.1f} tok/s  x{v['speedup']:.2f}", flush=True)
     meta.update(speed_method=f"bench_decode batch 1, prompt {args.prompt_tokens}, new {args.new_tokens}, "
-                             f"kernels {kernels.in_use(model) or 'off'}, "
-                             f"{args.rounds} alternated rounds after 1 warm-up, medians", loadavg_after_speed=os.getloadavg())
+                             f"kernels {kernels.in_use(model) or 'off'}, {args.clock} clock, {args.rounds} alternated rounds after "
+                             f"{args.warmup_rounds} warm-up, medians; speedup: median of the per-round ratios",
+                speed_rounds_tok_s={name: speed.series(name, "decode_tok_s") for name in models})
     del models
     rows[0].update(speed_rows["dense"])
     save()
 
     for spec in dict.fromkeys(args.speed_specs + args.specs):
-        start = time.perf_counter()
+        start = now()
         pruned, seconds = built.pop(spec) if spec in built else (build(model, tok, spec, args.recovery_steps), None)
-        row(spec, pruned, seconds if seconds is not None else time.perf_counter() - start)
+        row(spec, pruned, seconds if seconds is not None else now() - start)
         rows[-1].update(speed_rows.get(spec, {}))
         save()
         del pruned

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from ..engine import Engine, EngineConfig, generate_ids, poisson_workload, replay, request_metrics, summarize
+from .timing import loadavg
 
 METHOD = (
     "`requests` requests with Poisson arrivals at `rate`/s (seeded), prompts of prompt_tokens (uniform, "
@@ -46,7 +45,7 @@ def bench_batching(model, tokenizer, *, policy: str = "continuous", requests: in
                           block_size=block_size, num_blocks=num_blocks, chunked_prefill=chunked_prefill,
                           max_num_batched_tokens=256 if chunked_prefill else None, max_model_len=longest)
     engine = Engine(model, None, config)
-    load_start = os.getloadavg()
+    load_start = loadavg()
     outputs = replay(engine, workload)
     df = request_metrics(outputs)
     df.insert(0, "policy", policy)
@@ -62,5 +61,5 @@ def bench_batching(model, tokenizer, *, policy: str = "continuous", requests: in
         requests=len(workload), rate=rate, seed=seed, prompt_tokens=list(prompt_tokens),
         output_tokens=list(output_tokens), batch_size=batch_size, max_num_seqs=max_num_seqs, max_wait_s=max_wait_s,
         chunked_prefill=chunked_prefill, threads=torch.get_num_threads(), dtype=str(model.dtype).removeprefix("torch."),
-        loadavg_start=load_start, loadavg_end=os.getloadavg(), method=METHOD)
+        loadavg_start=load_start, loadavg_end=loadavg(), method=METHOD)
     return summary, df

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 
 import torch
 
 from ..corpus import builtin_text
+from ..settings import now
 from ..eval import perplexity
 
 METHOD = __doc__
@@ -50,11 +50,11 @@ def quantization_table(model, tokenizer, specs, *, eval_tokens: int = 4096, wind
     reference = perplexity(model, ids, window=window).ppl
     rows = []
     for spec in tqdm(list(specs), desc="quantize + perplexity", disable=not progress):
-        start = time.perf_counter()
+        start = now()
         # float32 is the reference itself: no copy, no second perplexity run
         quantized = model if spec == "float32" and model.dtype == torch.float32 else \
             quantized_copy(model, spec, tokenizer, calibration_tokens)
-        quantize_s = time.perf_counter() - start
+        quantize_s = now() - start
         ppl = reference if spec == "float32" else perplexity(quantized, ids, window=window).ppl
         rows.append({"spec": spec, "ppl": ppl, "ppl_vs_float32": ppl / reference - 1,
                      "weight_bytes": quantized.weight_bytes(),

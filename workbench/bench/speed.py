@@ -4,29 +4,29 @@ of the quantization study.
 Method: the float32 model is loaded once; each spec gets its own copy (`quantized_copy`: "float32"
 and "bfloat16" are plain dtype copies), whose float linear layers are put on our kernels
 (`workbench.kernels.enable`; packed layers call them on their own). For every batch size, one
-untimed run per kernel mode, then `repeats` rounds of one `bench_decode` run per mode (kernels on,
-then off through `workbench.kernels.disabled()`), so both modes see the same machine noise; medians
-over the rounds. GB/s = weight bytes per decode step x steps/s; `ceiling_tok_s` = batch x bandwidth
-/ bytes per step (weights only, KV cache and activations ignored) at `bandwidth_gb_s` (38 GB/s: the
-median read bandwidth of a 2-core machine like CI's, /work/shared/BASELINES.md).
+untimed round, then `repeats` rounds of one `bench_decode` run per mode (kernels on, then off
+through `workbench.kernels.disabled()`; `workbench.bench.timing.alternate`), so both modes see the
+same machine noise; medians over the rounds, speed-up = median of the per-round on / off ratios.
+GB/s = weight bytes per decode step x steps/s; `ceiling_tok_s` = batch x bandwidth / bytes per step
+(weights only, KV cache and activations ignored) at `bandwidth_gb_s` (38 GB/s: the median read
+bandwidth of a 2-core machine like CI's, /work/shared/BASELINES.md).
 """
 
 from __future__ import annotations
 
 import os
-import time
+from functools import partial
 
 import torch
 
 from .. import kernels as cpu_kernels
 from ..settings import pick
-from .timing import median, now
+from .timing import CLOCKS, alternate
 from .decode import bench_decode
 from .quality import quantized_copy
 
 METHOD = __doc__
 TYPICAL_BANDWIDTH_GB_S = 38.0
-CLOCKS = {"wall": now, "cpu": time.process_time}
 
 
 def decode_speed_table(model="smollm2-135m", specs=("float32", "bfloat16", "int8", "int4-g32", "q4_1"),
@@ -60,25 +60,18 @@ def decode_speed_table(model="smollm2-135m", specs=("float32", "bfloat16", "int8
     for spec in tqdm(list(specs), desc="decode speed", disable=not progress):
         variant = cpu_kernels.enable(quantized_copy(base, spec, tokenizer))
         for batch in batch_sizes:
-            runs = {mode: [] for mode in modes}
-            for i in range(repeats + 1):  # the first round warms up
-                for mode in modes:
-                    with _kernels(mode):
-                        r = bench_decode(variant, tokenizer, batch=batch, prompt_tokens=prompt_tokens,
-                                         new_tokens=new_tokens, repeats=1, warmup=0, clock=CLOCKS[clock])
-                    if i:
-                        runs[mode].append(r)
+            sizes = dict(batch=batch, prompt_tokens=prompt_tokens, new_tokens=new_tokens, clock=CLOCKS[clock])
+            rounds = alternate({mode: partial(_decode_once, variant, tokenizer, mode, **sizes) for mode in modes},
+                               rounds=repeats, warmup=1)
             for mode in modes:
-                last = runs[mode][-1]
+                last = rounds.values[mode][-1]
                 row = {"spec": spec, "batch": batch, "kernels": last["kernels"],
-                       "decode_tok_s": median(r["decode_tok_s"] for r in runs[mode]),
-                       "prefill_tok_s": median(r["prefill_tok_s"] for r in runs[mode]),
-                       "gb_s": median(r["gb_s"] for r in runs[mode]), "bytes_per_step": last["bytes_per_step"],
+                       **{k: rounds.median(mode, k) for k in ("decode_tok_s", "prefill_tok_s", "gb_s")},
+                       "bytes_per_step": last["bytes_per_step"],
                        "ceiling_tok_s": batch * bandwidth_gb_s * 1e9 / last["bytes_per_step"]}
                 row["ceiling_fraction"] = row["gb_s"] / bandwidth_gb_s
                 if len(modes) == 2:
-                    on, off = ([r["decode_tok_s"] for r in runs[m]] for m in modes)
-                    row["speedup"] = median(a / b for a, b in zip(on, off)) if mode else 1.0
+                    row["speedup"] = rounds.ratio(True, False, "decode_tok_s") if mode else 1.0
                 rows.append(row)
         del variant
     table = pd.DataFrame(rows)
@@ -87,7 +80,8 @@ def decode_speed_table(model="smollm2-135m", specs=("float32", "bfloat16", "int8
     return table
 
 
-def _kernels(on: bool):
+def _decode_once(model, tokenizer, kernels_on: bool, **sizes) -> dict:
     from contextlib import nullcontext
 
-    return nullcontext() if on else cpu_kernels.disabled()
+    with nullcontext() if kernels_on else cpu_kernels.disabled():
+        return bench_decode(model, tokenizer, repeats=1, warmup=0, **sizes)

@@ -1,4 +1,4 @@
-"""What sparsity buys in bytes and time, and what it does not.
+"""What sparsity buys in bytes, and what it does not (the time: `workbench.bench.sparse`).
 
 Unstructured pruning leaves zeros in dense tensors: the file, the memory and the matrix multiply
 are exactly as large as before. Savings need a format that stores only the kept weights plus where
@@ -17,7 +17,6 @@ import warnings
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from ..errors import PruningError
 from .masks import decoder_linears
@@ -59,25 +58,3 @@ def storage_report(model, nm: tuple[int, int] | None = None) -> pd.DataFrame:
     dense = rows[0]["bytes"]
     return pd.DataFrame(rows).assign(vs_dense=lambda f: f["bytes"] / dense)
 
-
-@torch.no_grad()
-def matmul_timing(weight: torch.Tensor, tokens: int = 1, repeats: int = 50) -> dict:
-    """Median microseconds of y = x W^T for the dense tensor and for its CSR copy (torch.sparse.mm),
-    alternated call by call so that machine noise hits both."""
-    from statistics import median
-
-    from ..settings import now
-
-    x = torch.randn(tokens, weight.shape[1], dtype=weight.dtype, device=weight.device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        csr = weight.detach().to_sparse_csr()
-    dense_y, sparse_y = F.linear(x, weight), torch.sparse.mm(csr, x.T).T
-    times = {"dense": [], "csr": []}
-    for _ in range(repeats):
-        for name, fn in (("dense", lambda: F.linear(x, weight)), ("csr", lambda: torch.sparse.mm(csr, x.T))):
-            start = now()
-            fn()
-            times[name].append((now() - start) * 1e6)
-    return {"dense_us": median(times["dense"]), "csr_us": median(times["csr"]),
-            "max_abs_diff": float((dense_y - sparse_y).abs().max())}
