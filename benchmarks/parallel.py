@@ -13,12 +13,12 @@ Writes data/results/parallel.json and .csv atomically.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 
 import pandas as pd
 
+from workbench.bench.flags import benchmark_parser, parse_benchmark_args
 from workbench.bench.timing import run_info
 from workbench.io import atomic_write_json, atomic_write_text
 from workbench.parallel import launch
@@ -27,20 +27,12 @@ from workbench.parallel.cost import (PAPER_CONFIGS, bytes_per_token_table, pipel
                                      tensor_parallel_payload, tensor_parallel_wire_bytes)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--prompt-tokens", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--kernels", choices=["on", "off"], default="on")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default="data/results/parallel")
-    args = parser.parse_args()
-    if args.quick:
-        args.rounds, args.prompt_tokens, args.new_tokens = 1, 16, 8
-        args.out += "_quick"
-    info = run_info()
+def main(argv=None):
+    parser = benchmark_parser(__doc__, "parallel",
+                              full={"rounds": 3, "prompt_tokens": 32, "new_tokens": 16, "kernels": "on"},
+                              quick={"rounds": 1, "prompt_tokens": 16, "new_tokens": 8})
+    args = parse_benchmark_args(parser, argv)  # --threads: this process's; each rank runs 1 thread
+    info = run_info(bandwidth=args.bandwidth)
     info["threads"] = "1 per rank; the one-process peers 1 and 2"
     ranks = launch(rank_bench, 2, (args.model, args.rounds, args.prompt_tokens, args.new_tokens, 1,
                                    args.kernels == "on"), threads=1, timeout_s=3600,
