@@ -53,3 +53,12 @@ class ResumeError(CheckpointError):
 class CapacityError(WorkbenchError):
     """The KV cache cannot hold a request: a block pool too small for a single request's prompt
     plus max_tokens, or no blocks at all."""
+
+
+class RequestFailedError(WorkbenchError):
+    """A request failed inside an engine step (NaN logits, a tokenizer error, a failed forward
+    pass); the engine freed its blocks and kept serving the others."""
+
+
+class EngineClosedError(WorkbenchError):
+    """A request was submitted to an engine loop that has been shut down."""
