@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from ..settings import now as clock
 
@@ -20,16 +20,22 @@ ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0)
 
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
 class _EngineCollector:
     """Gauges and counters read from the engine loop when /metrics is scraped."""
 
-    def __init__(self, model_name: str, stats: Callable[[], dict | None]):
-        self.model_name, self.stats = model_name, stats
+    def __init__(self, model_name: str, stats: Callable[[], dict | None], batch_sizes: Callable[[], dict | None]):
+        self.model_name, self.stats, self.batch_sizes = model_name, stats, batch_sizes
 
     def collect(self):
         s = self.stats()
         if s is None:  # still loading
             return
+        sizes = self.batch_sizes()
+        if sizes is not None:
+            yield self._batch_histogram(sizes)
         label = [self.model_name]
 
         def gauge(name, doc, value):
@@ -55,11 +61,21 @@ class _EngineCollector:
         yield counter("prompt_tokens", "Prompt tokens processed.", s["prompt_tokens_total"])
         yield counter("generation_tokens", "Tokens generated.", s["generation_tokens_total"])
 
+    def _batch_histogram(self, sizes: dict) -> HistogramMetricFamily:
+        """Sequences per engine step, over every step (more than 1: requests are batched)."""
+        h = HistogramMetricFamily("workbench:iteration_batch_size", "Sequences run together in one engine step.",
+                                  labels=["model_name"])
+        buckets = [(str(b), sum(n for size, n in sizes.items() if size <= b)) for b in BATCH_BUCKETS]
+        buckets.append(("+Inf", sum(sizes.values())))
+        h.add_metric([self.model_name], buckets, sum(size * n for size, n in sizes.items()))
+        return h
+
 
 class ServerMetrics:
     """The registry behind /metrics, and the per-choice latency bookkeeping that feeds it."""
 
-    def __init__(self, model_name: str, stats: Callable[[], dict | None]):
+    def __init__(self, model_name: str, stats: Callable[[], dict | None],
+                 batch_sizes: Callable[[], dict | None] = lambda: None):
         self.model_name = model_name
         disable_created_metrics()  # no `_created` series beside each counter and histogram (as vLLM)
         self.registry = CollectorRegistry()
@@ -74,7 +90,7 @@ class ServerMetrics:
                                labels + ["finished_reason"], registry=self.registry)
         for reason in ("stop", "length", "abort"):
             self.success.labels(model_name, reason)  # shown at 0 before the first request
-        self.registry.register(_EngineCollector(model_name, stats))
+        self.registry.register(_EngineCollector(model_name, stats, batch_sizes))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -23,7 +23,7 @@ class ServerState:
         self.loaded = threading.Event()
         self.created = int(time.time())
         self.in_flight = 0             # sequences admitted and not yet finished (touched on the event loop only)
-        self.metrics = ServerMetrics(config.model_name, self.stats)
+        self.metrics = ServerMetrics(config.model_name, self.stats, self.batch_sizes)
 
     # ---- loading ---------------------------------------------------------------------------------
     def load(self):
@@ -47,6 +47,16 @@ class ServerState:
 
     def stats(self) -> dict | None:
         return None if self.loop is None else self.loop.stats()
+
+    def batch_sizes(self) -> dict | None:
+        """Batch size -> engine steps that ran that many sequences (copied while the engine may step)."""
+        counts = getattr(getattr(self.engine, "stats", None), "batch_size_counts", None)
+        for _ in range(3):
+            try:
+                return None if counts is None else dict(counts)
+            except RuntimeError:  # a new size was added during the copy: copy again
+                continue
+        return None
 
     def require_ready(self):
         if self.loop is None:
