@@ -12,8 +12,13 @@ import torch
 
 from workbench import load_model
 from workbench.engine import Engine, EngineConfig, EngineLoop, SamplingParams, generate_ids
-from workbench.errors import (CapacityError, ContextLengthError, EngineClosedError, InvalidParameterError,
-                              RequestFailedError)
+from workbench.errors import (
+    CapacityError,
+    ContextLengthError,
+    EngineClosedError,
+    InvalidParameterError,
+    RequestFailedError,
+)
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +233,31 @@ def test_shutdown_aborts_running_requests_and_joins(tiny):
     with pytest.raises(EngineClosedError):
         loop.submit([5, 6], greedy(2))
     assert loop.engine.block_manager.num_free == loop.engine.block_manager.num_blocks
+
+
+def test_a_reader_that_stops_early_aborts_its_request(tiny, make_loop):
+    model, _ = tiny
+    loop = make_loop(model)
+    for out in loop.submit(prompts_of([8])[0], greedy(200)):
+        break  # a client that went away
+    blocking = loop.engine.block_manager
+
+    async def cancelled():
+        handle = loop.submit(prompts_of([5])[0], greedy(200))
+
+        async def read():
+            async for _ in handle.aiter():
+                pass
+        task = asyncio.create_task(read())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return handle
+
+    handle = asyncio.run(cancelled())
+    deadline = time.time() + 10
+    while loop.num_unfinished and time.time() < deadline:
+        time.sleep(0.01)
+    assert loop.num_unfinished == 0 and handle.final[0].finish_reason == "abort"
+    assert blocking.num_free == blocking.num_blocks

@@ -89,7 +89,8 @@ def test_min_tokens_ignores_an_early_stop_string_and_stop_token(scripted):
     model, tok = scripted
     text = "one. two. three. four. five."
     ids, deltas, last = stream_script(model, tok, text, stop=["."], min_tokens=3)
-    assert len(tok.encode("one.")) < 3 <= len(tok.encode("one. two.")) and last.text == "one. two"  # the first "." came too early
+    assert len(tok.encode("one.")) < 3 <= len(tok.encode("one. two."))
+    assert last.text == "one. two"  # the first "." came too early
     assert "".join(deltas) == last.text
     eos = tok.eos_token_id
     engine = scripted_engine(model, tok, {"0": [ids[0], eos, ids[1], ids[2], eos]})

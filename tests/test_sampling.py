@@ -57,7 +57,8 @@ def test_processed_logits_equal_the_reference_formula(kwargs):
     logits = torch.randn(1, V, generator=gen)
     picked = int(sampler(logits)[0])  # greedy: the argmax of the processed logits, then recorded
     assert picked == int(reference_process(logits[0], prompt, output, params, stops).argmax())
-    assert torch.allclose(sampler.process(logits)[0], reference_process(logits[0], prompt, output + [picked], params, stops))
+    after = reference_process(logits[0], prompt, output + [picked], params, stops)
+    assert torch.allclose(sampler.process(logits)[0], after)
 
 
 def test_min_p_keeps_tokens_above_a_fraction_of_the_best():

@@ -30,7 +30,8 @@ class RequestHandle:
 
     Read it once, blocking (`for out in handle`) or from asyncio (`handle.aiter()`); both end after
     every choice finished and raise `RequestFailedError` when the request failed inside a step,
-    after yielding what came before. `result()` waits for the final output of each choice.
+    after yielding what came before. A reader that stops early (break, close, a cancelled task)
+    aborts the request. `result()` waits for the final output of each choice.
     """
 
     def __init__(self, loop: "EngineLoop", n: int):
@@ -72,13 +73,17 @@ class RequestHandle:
 
     def __iter__(self):
         seen = 0
-        while seen < self.n:
-            with self._lock:
-                while not self._buffer:
-                    self._lock.wait()
-                out = self._buffer.popleft()
-            seen += out.finished
-            yield self._check(out)
+        try:
+            while seen < self.n:
+                with self._lock:
+                    while not self._buffer:
+                        self._lock.wait()
+                    out = self._buffer.popleft()
+                seen += out.finished
+                yield self._check(out)
+        finally:
+            if seen < self.n:
+                self.abort()  # the reader stopped early: nobody wants the rest
 
     async def aiter(self):
         """Outputs for an asyncio reader (the event loop never waits on the engine)."""
@@ -91,10 +96,14 @@ class RequestHandle:
             self._buffer.clear()
             self._async = (asyncio.get_running_loop(), queue)
         seen = 0
-        while seen < self.n:
-            out = await queue.get()
-            seen += out.finished
-            yield self._check(out)
+        try:
+            while seen < self.n:
+                out = await queue.get()
+                seen += out.finished
+                yield self._check(out)
+        finally:
+            if seen < self.n:
+                self.abort()  # the reader stopped early or was cancelled (a client went away)
 
     def result(self) -> list[RequestOutput]:
         """The final output of each choice, by index (blocks until all finished)."""

@@ -60,6 +60,10 @@ class SamplingParams:
     ignore_eos: bool = False
 
     def __post_init__(self):
+        if self.stop is None:
+            self.stop = []
+        if self.stop_token_ids is None:
+            self.stop_token_ids = []
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = list(self.stop) if isinstance(self.stop, (list, tuple)) else self.stop
@@ -68,7 +72,8 @@ class SamplingParams:
         if self.logit_bias is not None and isinstance(self.logit_bias, dict):
             self.logit_bias = {_token_key(k): v for k, v in self.logit_bias.items()}
         checks = [
-            (_number(self.temperature) and self.temperature >= 0, f"temperature must be >= 0, got {self.temperature!r}"),
+            (_number(self.temperature) and self.temperature >= 0,
+             f"temperature must be >= 0, got {self.temperature!r}"),
             (_integer(self.top_k) and self.top_k >= 0, f"top_k must be an integer >= 0, got {self.top_k!r}"),
             (_number(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}"),
             (_number(self.min_p) and 0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p!r}"),
@@ -254,4 +259,5 @@ def token_logprobs(logits: torch.Tensor, tokens: list[int], k: list[int]) -> lis
     widest = max(k, default=0)
     top_v, top_i = (logp.topk(widest, -1) if widest else (logp[:, :0], logp[:, :0].long()))
     top_v, top_i = top_v.tolist(), top_i.tolist()
-    return [TokenLogprob(t, c, list(zip(top_i[r][:k[r]], top_v[r][:k[r]]))) for r, (t, c) in enumerate(zip(tokens, chosen))]
+    return [TokenLogprob(t, c, list(zip(top_i[r][:k[r]], top_v[r][:k[r]])))
+            for r, (t, c) in enumerate(zip(tokens, chosen))]
