@@ -261,3 +261,17 @@ def test_a_reader_that_stops_early_aborts_its_request(tiny, make_loop):
         time.sleep(0.01)
     assert loop.num_unfinished == 0 and handle.final[0].finish_reason == "abort"
     assert blocking.num_free == blocking.num_blocks
+
+
+def test_a_broken_engine_fails_every_request_instead_of_hanging(tiny):
+    model, _ = tiny
+    engine = Engine(model, None, EngineConfig(block_size=4, num_blocks=100))
+    engine.scheduler.schedule = lambda *a, **kw: 1 / 0  # a bug in the engine itself, not in one request
+    loop = EngineLoop(engine)
+    handle = loop.submit([5, 6, 7], greedy(4))
+    with pytest.raises(RequestFailedError, match="ZeroDivisionError"):
+        handle.result()
+    assert isinstance(loop.error, ZeroDivisionError)
+    with pytest.raises(EngineClosedError):
+        loop.submit([5, 6], greedy(2))
+    loop.shutdown()

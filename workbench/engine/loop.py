@@ -19,7 +19,8 @@ import threading
 from collections import deque
 
 from ..errors import EngineClosedError, RequestFailedError
-from .engine import Engine, RequestOutput
+from ..settings import now as clock
+from .engine import Engine, RequestMetrics, RequestOutput
 from .sampling import SamplingParams
 
 POLICY_WAIT_S = 0.005  # a static/dynamic batch waiting for requests: look again after this long
@@ -191,11 +192,13 @@ class EngineLoop:
         with self._wake:
             self._closed = True
             handles = list(self._unfinished)
+        message = f"the engine loop stopped: {type(e).__name__}: {e}"
         for handle in handles:
             for index, final in enumerate(handle.final):
                 if final is None:
-                    handle._put(RequestOutput(handle.request_id, [], [], [], "", "", True, "error", None,
-                                              index, error=f"the engine loop stopped: {type(e).__name__}: {e}"))
+                    metrics = RequestMetrics(clock(), None, None, None, clock(), 0, 0)
+                    handle._put(RequestOutput(handle.request_id, [], [], [], "", "", True, "error", metrics,
+                                              index, error=message))
 
     def shutdown(self, timeout: float | None = None):
         """Abort every request, let the thread report the aborts, and join it."""
