@@ -33,6 +33,7 @@ class ServerProcess:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.url = self.model = None
+        self.health_seen: list[int | None] = []  # the distinct /health answers while starting, in order
 
     def start(self) -> "ServerProcess":
         self._stderr = tempfile.TemporaryFile(mode="w+")
@@ -44,12 +45,15 @@ class ServerProcess:
         announced = json.loads(line)
         self.url, self.model = announced["url"], announced["model"]
         deadline = time.monotonic() + self.timeout_s
-        while self.health() != 200:
+        while (status := self.health()) != 200:
+            if not self.health_seen or self.health_seen[-1] != status:
+                self.health_seen.append(status)
             if self.proc.poll() is not None:
                 self._fail(f"exited with status {self.proc.returncode} while loading")
             if time.monotonic() > deadline:
                 self._fail(f"not ready after {self.timeout_s:.0f} s")
             time.sleep(0.1)
+        self.health_seen.append(200)
         return self
 
     def health(self) -> int | None:
