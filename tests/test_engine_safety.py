@@ -220,3 +220,15 @@ def test_batch_size_history_is_bounded(tiny, monkeypatch):
     engine.generate(prompts_of([4, 4]), [greedy(3), greedy(12)])
     assert engine.stats.steps == 12 and list(engine.stats.batch_sizes) == [1] * 5
     assert engine.stats.batch_size_counts == {2: 3, 1: 9} and engine.stats.mean_batch_size == 15 / 12
+
+
+def test_a_failed_request_leaves_nothing_in_the_prefix_cache(tiny):
+    model, _ = tiny
+    engine = Engine(model, config=EngineConfig(block_size=4, num_blocks=60))
+    engine.model = Hooked(model, lambda logits: logits.fill_(float("nan")))  # say its keys/values are garbage too
+    prompt = prompts_of([13])[0]
+    (failed,) = engine.generate([prompt], greedy(3))
+    assert failed.finish_reason == "error" and engine.block_manager.prefix.table == {}
+    engine.model = model
+    (out,) = engine.generate([prompt], greedy(3))
+    assert out.metrics.cached_prompt_tokens == 0 and out.token_ids == alone(model, prompt, 3)

@@ -137,9 +137,10 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     def finish(self, seq: Sequence):
-        """Take a finished or aborted sequence out and free its blocks."""
+        """Take a finished, aborted or failed sequence out and free its blocks (a failed one's
+        blocks leave the prefix cache)."""
         if seq in self.running:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
-        self.block_manager.release(seq.table)
+        self.block_manager.release(seq.table, uncache=seq.finish_reason == "error")
