@@ -156,6 +156,18 @@ def test_prompt_forms_n_echo_and_stop(client, model_and_tokenizer):
     assert stopped.choices[0].text == full[:full.index(stop)]
 
 
+def test_sampled_n_choices_streamed_equal_whole_with_a_seed(client):
+    kw = dict(model="smollm2-135m", prompt=PROMPT, max_tokens=6, temperature=1.0, top_p=0.9, n=2, seed=7)
+    whole = client.completions.create(**kw)
+    texts, reasons = {0: "", 1: ""}, {0: [], 1: []}
+    for chunk in client.completions.create(**kw, stream=True):
+        for c in chunk.choices:
+            texts[c.index] += c.text
+            reasons[c.index] += [c.finish_reason] if c.finish_reason else []
+    assert texts == {c.index: c.text for c in whole.choices}
+    assert reasons == {0: ["length"], 1: ["length"]}
+
+
 def test_logprobs_completions_and_chat(client):
     r = client.completions.create(model="smollm2-135m", prompt=PROMPT, max_tokens=4, temperature=0, logprobs=3)
     lp = r.choices[0].logprobs
@@ -178,6 +190,8 @@ def test_tokenize_and_detokenize(http, model_and_tokenizer):
     assert r["tokens"] == tokenizer.encode(PROMPT) and r["count"] == len(r["tokens"]) and r["max_model_len"] > 0
     chat = http.post("/tokenize", json={"messages": CHAT}).json()
     assert chat["tokens"] == tokenizer.encode(tokenizer.apply_chat_template(CHAT, add_generation_prompt=True))
+    parts = [{"role": "user", "content": [{"type": "text", "text": CHAT[0]["content"]}]}]
+    assert http.post("/tokenize", json={"messages": parts}).json() == chat
     assert http.post("/detokenize", json={"tokens": r["tokens"]}).json() == {"prompt": PROMPT}
 
 
@@ -272,6 +286,12 @@ BAD = [  # (route, body, status, param or None, what the message says)
     ("/v1/chat/completions", {**CHAT_BODY, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs", "20"),
     ("/v1/chat/completions", {**CHAT_BODY, "top_logprobs": 2}, 400, "top_logprobs", "logprobs"),
     ("/v1/completions", {**COMPLETION, "stream_options": {"include_usage": True}}, 400, "stream_options", "stream"),
+    ("/v1/completions", {**COMPLETION, "echo": True, "logprobs": 1}, 400, "logprobs", "not supported"),
+    ("/v1/completions", {**COMPLETION, "suffix": "end"}, 400, "suffix", "not supported"),
+    ("/v1/completions", {**COMPLETION, "min_tokens": 5}, 400, "min_tokens", "max_tokens"),
+    ("/v1/completions", {**COMPLETION, "stop_token_ids": [10**9]}, 400, "stop_token_ids", "vocabulary"),
+    ("/v1/chat/completions", {**CHAT_BODY, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+     400, "messages[0].content", "text parts"),
     ("/v1/completions", {**COMPLETION, "logit_bias": {"x": 1}}, 400, "logit_bias", "logit_bias"),
     ("/v1/completions", {**COMPLETION, "logit_bias": {"5": 300}}, 400, "logit_bias", "[-100, 100]"),
     ("/v1/completions", {**COMPLETION, "max_tokens": 100_000}, 400, "prompt", "maximum context length"),

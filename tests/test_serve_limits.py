@@ -96,3 +96,25 @@ def test_a_body_over_the_bound_gets_413(server, client):
                    content=(b'{"prompt": "' + b"y" * 5000 + b'"}' for _ in range(1)))  # chunked: no length given
     assert r.status_code == 413
     assert client.completions.create(model=server.model, prompt="Hi", max_tokens=1).usage.completion_tokens == 1
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--model", "no-such-model"], "unknown model"),   # found while loading, after the socket listened
+    (["--max-queued-requests", "-1"], "--max-queued-requests"),
+    (["--port", "BUSY"], "cannot listen"),
+])
+def test_bad_serve_flags_are_one_line_and_exit_2(flags, says):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        flags = [str(busy.getsockname()[1]) if f == "BUSY" else f for f in flags]
+        if "--port" not in flags:
+            flags += ["--port", "0"]
+        p = subprocess.run([sys.executable, "-c", "import sys; from workbench.cli import main; sys.exit(main(sys.argv[1:]))",
+                            "serve", "--kernels", "off", *flags], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.startswith("workbench: error:") and says in p.stderr and p.stderr.count("\n") == 1, p.stderr

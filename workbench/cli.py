@@ -443,9 +443,11 @@ def cmd_distill(args):
 
 def cmd_serve(args):
     from .serve.options import config_from_args
+
+    config = config_from_args(args)  # bad flags end here, before the server's imports
     from .serve.server import serve
 
-    return serve(config_from_args(args), load=lambda: _load(args))
+    return serve(config, load=lambda: _load(args))
 
 
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "ppl": cmd_ppl,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 
-from ..errors import CapacityError, ContextLengthError, WorkbenchError
+from ..errors import CapacityError, ContextLengthError, EngineClosedError, WorkbenchError
 
 # The `type` OpenAI's API gives each status (the official clients pick their exception by status).
 ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
@@ -33,7 +33,10 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 
 
 def from_workbench(e: WorkbenchError) -> APIError:
-    """A request the engine refused when it was submitted: the client's fault, so 400."""
+    """A request the engine refused when it was submitted: the client's fault (400), unless the
+    engine is shutting down (503)."""
+    if isinstance(e, EngineClosedError):
+        return APIError(503, f"the engine is not running: {e}")
     if isinstance(e, ContextLengthError):
         return APIError(400, str(e), None, "context_length_exceeded")
     if isinstance(e, CapacityError):  # the KV cache could never hold this request, however long it waited

@@ -152,6 +152,8 @@ class CompletionRequest(_GenerationRequest):
     def _check_completion(self):
         if self.suffix:
             raise PydanticCustomError("suffix", "suffix is not supported")
+        if self.echo and self.logprobs is not None:
+            raise PydanticCustomError("logprobs", "echo with logprobs (the prompt's logprobs) is not supported")
         return self
 
     def top_logprobs_wanted(self) -> int | None:
@@ -228,7 +230,7 @@ def _describe(error: dict) -> APIError:
         return APIError(400, f"{param}: a required field is missing", param)
     if error["type"] == "too_short":
         return APIError(400, f"{param} must not be empty", param)
-    if error["type"] in ("stream_options", "suffix", "top_logprobs", "prompt", "messages"):
+    if error["type"] in ("stream_options", "suffix", "top_logprobs", "logprobs", "prompt", "messages"):
         return APIError(400, error["msg"], error["type"])
     message = error["msg"].removeprefix("Value error, ")
     given = error.get("input")

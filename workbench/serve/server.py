@@ -40,7 +40,8 @@ def serve(config: ServerConfig, load: Callable[[], tuple]) -> int:
     sock = _listen(config.host, config.port)
     host, port = sock.getsockname()[:2]
     state = ServerState(config, load)
-    server = uvicorn.Server(uvicorn.Config(build_app(state), log_level=config.log_level, access_log=False,
+    server = uvicorn.Server(uvicorn.Config(build_app(state), log_level=config.log_level,
+                                           access_log=config.log_level in ("info", "debug"),
                                            timeout_graceful_shutdown=5))
 
     def stop_if_load_failed():

@@ -62,6 +62,8 @@ class ServerState:
         if self.loop is None:
             raise APIError(503, "the model is still loading" if self.load_error is None
                            else f"the model failed to load: {self.load_error}")
+        if self.loop.error is not None:  # a bug stopped the engine thread: say so, do not hang
+            raise APIError(503, f"the engine loop stopped: {type(self.loop.error).__name__}: {self.loop.error}")
 
     @property
     def max_model_len(self) -> int:
