@@ -147,6 +147,9 @@ def test_prompt_forms_n_echo_and_stop(client, model_and_tokenizer):
     assert sorted(c.index for c in batch.choices) == [0, 1, 2, 3]
     assert batch.usage.prompt_tokens == len(ids) + len(tokenizer.encode("Once upon a time"))
     assert batch.usage.completion_tokens == 4 * 5
+    default = client.completions.create(model="smollm2-135m", prompt=PROMPT, temperature=0,
+                                        extra_body={"ignore_eos": True})
+    assert default.usage.completion_tokens == 16  # OpenAI's default max_tokens for completions
     echo = client.completions.create(model="smollm2-135m", prompt=PROMPT, max_tokens=6, temperature=0, echo=True)
     assert echo.choices[0].text == PROMPT + by_text.choices[0].text
     full = by_text.choices[0].text

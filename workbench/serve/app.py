@@ -24,6 +24,7 @@ from .responses import ChatResponse, CompletionResponse
 from .state import ServerState
 
 DONE = "data: [DONE]\n\n"
+DRAIN_FACTOR = 64  # an oversized body is read (and dropped) up to this many times the bound
 
 
 def build_app(state: ServerState) -> FastAPI:
@@ -116,7 +117,7 @@ def build_app(state: ServerState) -> FastAPI:
         req = await _request(request, state, CompletionRequest)
         state.check_model(req.model)
         prompt_ids = [state.text_ids(p) if isinstance(p, str) else p for p in req.prompt]
-        params = [req.sampling_params(state.max_tokens(req.max_tokens, len(ids), "prompt"), state.tokenizer.vocab_size)
+        params = [req.sampling_params(state.max_tokens(req.new_tokens(), len(ids), "prompt"), state.tokenizer.vocab_size)
                   for ids in prompt_ids]
         echo = [p if isinstance(p, str) else state.tokenizer.decode(p) for p in req.prompt] if req.echo else None
         response = CompletionResponse(state.config.model_name, state.tokenizer, prompt_ids, params[0].n,
@@ -161,6 +162,8 @@ async def _body(request: Request, state: ServerState) -> bytes:
         size += len(chunk)
         if size <= limit:
             chunks.append(chunk)
+        elif size > DRAIN_FACTOR * limit:  # not worth reading on: answer and let the connection drop
+            break
     if size > limit or (declared.isdigit() and int(declared) > limit):
         raise APIError(413, f"the request body has {size} bytes; this server accepts at most {limit} "
                             f"(--max-request-bytes)", None, "request_too_large")

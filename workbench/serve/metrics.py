@@ -88,7 +88,7 @@ class ServerMetrics:
                              registry=self.registry, buckets=E2E_BUCKETS).labels(model_name)
         self.success = Counter("workbench:request_success", "Choices finished, by reason.",
                                labels + ["finished_reason"], registry=self.registry)
-        for reason in ("stop", "length", "abort"):
+        for reason in ("stop", "length"):
             self.success.labels(model_name, reason)  # shown at 0 before the first request
         self.registry.register(_EngineCollector(model_name, stats, batch_sizes))
 

@@ -14,6 +14,7 @@ from ..errors import InvalidParameterError
 from .errors import APIError
 
 MAX_LOGPROBS = 20
+COMPLETION_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for completions; chat's is the rest of the context
 ROLES = ("system", "developer", "user", "assistant")
 
 
@@ -158,6 +159,9 @@ class CompletionRequest(_GenerationRequest):
 
     def top_logprobs_wanted(self) -> int | None:
         return self.logprobs
+
+    def new_tokens(self) -> int:
+        return COMPLETION_MAX_TOKENS if self.max_tokens is None else self.max_tokens
 
 
 class ChatCompletionRequest(_GenerationRequest):
