@@ -331,7 +331,7 @@ def test_bad_input_through_the_client_and_unknown_fields_ignored(client):
 
 def test_an_error_after_the_stream_started_is_sent_in_band():
     from workbench.errors import RequestFailedError
-    from workbench.serve.app import _events
+    from workbench.serve.respond import events
     from workbench.serve.protocol import CompletionRequest
     from workbench.serve.responses import CompletionResponse
 
@@ -349,9 +349,9 @@ def test_an_error_after_the_stream_started_is_sent_in_band():
     req = CompletionRequest.model_validate({"prompt": "x", "stream": True})
 
     async def collect():
-        return [e async for e in _events(req, FailingAfterOne(), CompletionResponse("m", Tok(), [[1]], 1, None, True))]
+        return [e async for e in events(req, FailingAfterOne(), CompletionResponse("m", Tok(), [[1]], 1, None, True))]
 
-    events = asyncio.run(collect())
-    assert '"text": "a"' in events[0]
-    assert events[1].startswith('data: {"error": {"message": "request 7 failed: NaN logits"')
-    assert events[-1] == "data: [DONE]\n\n"
+    sent = asyncio.run(collect())
+    assert '"text": "a"' in sent[0]
+    assert sent[1].startswith('data: {"error": {"message": "request 7 failed: NaN logits"')
+    assert sent[-1] == "data: [DONE]\n\n"

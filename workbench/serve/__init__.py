@@ -6,6 +6,8 @@
 
 Modules: options (flags, ServerConfig), protocol (request bodies and their checks), errors (OpenAI's
 error JSON), state (the loaded engine, admission), generation (one request's outputs, aborts),
-responses (response and chunk JSON), metrics (Prometheus), app (routes), server (uvicorn),
-static/index.html (the chat page). Importing this package imports none of them.
+responses (response and chunk JSON), respond (one JSON body or server-sent events, disconnects),
+metrics (Prometheus), app (routes), server (uvicorn), process (the server as a child process, for
+notebooks, benchmarks and tests), static/index.html (the chat page). Importing this package imports
+none of them (the CLI reads `options` on every call).
 """

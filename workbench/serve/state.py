@@ -7,6 +7,8 @@ import threading
 import time
 from typing import Callable
 
+from jinja2 import TemplateError
+
 from ..errors import WorkbenchError
 from .errors import APIError
 from .metrics import ServerMetrics
@@ -110,7 +112,7 @@ class ServerState:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
         except (WorkbenchError, ValueError) as e:
             raise APIError(400, f"messages: {e}", "messages") from None
-        except Exception as e:  # a jinja error in the model's template, raised by these messages
+        except TemplateError as e:  # the model's template failed on these messages
             raise APIError(400, f"messages: the chat template failed: {e}", "messages") from None
         return self.tokenizer.encode(text)
 
