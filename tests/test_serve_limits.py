@@ -118,3 +118,17 @@ def test_bad_serve_flags_are_one_line_and_exit_2(flags, says):
                             "serve", "--kernels", "off", *flags], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     assert p.stderr.startswith("workbench: error:") and says in p.stderr and p.stderr.count("\n") == 1, p.stderr
+
+
+def test_served_model_name_names_every_spec_that_changes_outputs(tmp_path):
+    from argparse import Namespace
+
+    from workbench.serve.options import served_model_name
+
+    def name(model="smollm2-135m", quant=None, prune=None, dtype="float32"):
+        return served_model_name(Namespace(model=model, quant=quant, prune=prune, dtype=dtype))
+
+    assert name() == "smollm2-135m"
+    assert name(quant="int8") == "smollm2-135m+quant=int8"
+    assert name(quant="int4-g32", prune="2:4", dtype="bfloat16") == "smollm2-135m+prune=2:4+quant=int4-g32+bfloat16"
+    assert name(model=str(tmp_path / "my-model.gguf")) == "my-model"
