@@ -147,3 +147,10 @@ def test_detokenization_is_linear_in_the_output(model_and_tokenizer, length):
     assert "".join(chunks) == d.text == tok.decode(ids, skip_special_tokens=True)
     assert counting.calls <= 2 * length + 2
     assert counting.ids_decoded <= 12 * length  # a short window per token, not the whole output
+
+    counting = CountingTokenizer(tok)  # a run of special tokens (no text) keeps the window short too
+    d = Detokenizer(counting)
+    for t in [ids[0]] + [tok.eos_token_id] * length + ids[1:5]:
+        d.add(t)
+    assert d.text == tok.decode(ids[:5], skip_special_tokens=True)
+    assert counting.ids_decoded <= 12 * (length + 5)

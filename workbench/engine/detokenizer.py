@@ -17,6 +17,7 @@ is a proper prefix of one is held back until the next tokens settle it.
 from __future__ import annotations
 
 REPLACEMENT = "\ufffd"
+CONTEXT_TOKENS = 4  # settled tokens a window keeps before new ones that brought no text
 
 
 class Detokenizer:
@@ -46,9 +47,14 @@ class Detokenizer:
             return
         self.ids.append(token)
         settled, window = self._window()
-        if len(window) > len(settled) and not window.endswith(REPLACEMENT):
+        if window.endswith(REPLACEMENT):
+            return  # inside a character: wait for its other bytes
+        if len(window) > len(settled):
             self._append(window[len(settled):], check_stop)
             self._prefix_offset, self._read_offset = self._read_offset, len(self.ids)
+        else:  # no text (a skipped special token): settled, but keep the window short
+            self._read_offset = len(self.ids)
+            self._prefix_offset = max(self._prefix_offset, self._read_offset - CONTEXT_TOKENS)
 
     def _append(self, piece: str, check_stop: bool):
         start = max(0, len(self.text) - self.longest_stop + 1)  # a stop string ending in `piece` starts here or later
