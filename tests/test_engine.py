@@ -145,7 +145,7 @@ def test_static_batches_wait_for_the_slowest(tiny):
         engine.add_request(p, greedy(n))
     engine.run()
     # batch 1 = requests 0 and 1 (6 steps, the second alone after step 2); then request 2 (2 steps)
-    assert engine.stats.batch_sizes == [2, 2, 1, 1, 1, 1, 1, 1]
+    assert list(engine.stats.batch_sizes) == [2, 2, 1, 1, 1, 1, 1, 1]
 
 
 def test_token_budget_without_chunking_is_checked_up_front(tiny):

@@ -166,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", default=None, metavar="DIR", help="save the trained student (Hugging Face directory)")
     p.add_argument("--results", default=None, metavar="CSV", help="append the run's row to this CSV")
     _model_args(p)
+
+    from .serve.options import add_arguments as _serve_args
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server: completions, chat, metrics, a chat page",
+                       description="Serve the model over OpenAI's API (/v1/completions, /v1/chat/completions, "
+                                   "/v1/models), with /health, /version, /tokenize, /detokenize, /metrics "
+                                   "(Prometheus) and a chat page at /.")
+    _serve_args(p)
+    _model_args(p)
     return parser
 
 
@@ -499,9 +508,18 @@ def cmd_distill(args):
                      f"after {result.steps} steps, {result.tokens} tokens, {result.tokens_per_s:.0f} tok/s")
 
 
+def cmd_serve(args):
+    from .serve.options import config_from_args
+
+    config = config_from_args(args)  # bad flags end here, before the server's imports
+    from .serve.server import serve
+
+    return serve(config, load=lambda: _load(args))
+
+
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "ppl": cmd_ppl,
             "bench": cmd_bench, "export": cmd_export, "quant": cmd_quant, "prune": cmd_prune, "verify": cmd_verify,
-            "distill": cmd_distill}
+            "distill": cmd_distill, "serve": cmd_serve}
 
 
 def _fail(message: str) -> int:

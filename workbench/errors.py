@@ -63,3 +63,12 @@ class ParallelError(WorkbenchError):
     """A parallel run that cannot go ahead or was cut short: a split the model does not allow (more
     ranks than KV heads or layers, a packed layer whose groups straddle a shard), a rendezvous port
     in use, or a rank that died or stopped answering."""
+
+
+class RequestFailedError(WorkbenchError):
+    """A request failed inside an engine step (NaN logits, a tokenizer error, a failed forward
+    pass); the engine freed its blocks and kept serving the others."""
+
+
+class EngineClosedError(WorkbenchError):
+    """A request was submitted to an engine loop that has been shut down."""

@@ -57,7 +57,7 @@ def bench_batching(model, tokenizer, *, policy: str = "continuous", requests: in
         all_blocks_free=engine.block_manager.num_free == engine.block_manager.num_blocks, num_blocks=num_blocks,
         block_size=block_size, peak_blocks=engine.stats.peak_blocks, preemptions=engine.scheduler.num_preemptions,
         kv_waste_paged=engine.stats.paged_waste, kv_waste_contiguous=engine.stats.contiguous_waste,
-        mean_batch=sum(engine.stats.batch_sizes) / max(len(engine.stats.batch_sizes), 1), steps=engine.stats.steps,
+        mean_batch=engine.stats.mean_batch_size, steps=engine.stats.steps,
         requests=len(workload), rate=rate, seed=seed, prompt_tokens=list(prompt_tokens),
         output_tokens=list(output_tokens), batch_size=batch_size, max_num_seqs=max_num_seqs, max_wait_s=max_wait_s,
         chunked_prefill=chunked_prefill, threads=torch.get_num_threads(), dtype=str(model.dtype).removeprefix("torch."),

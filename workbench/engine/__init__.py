@@ -3,10 +3,11 @@
 from .batching import POLICIES, Policy
 from .engine import Engine, EngineConfig, RequestOutput
 from .generate import Completion, generate, generate_ids, stream
+from .loop import EngineLoop, RequestHandle
 from .metrics import request_metrics, summarize
-from .sampling import Sampler, SamplingParams
+from .sampling import Sampler, SamplingParams, TokenLogprob
 from .workload import poisson_workload, replay
 
-__all__ = ["Completion", "generate", "generate_ids", "stream", "Sampler", "SamplingParams", "Engine",
-           "EngineConfig", "RequestOutput", "Policy", "POLICIES", "poisson_workload", "replay",
-           "request_metrics", "summarize"]
+__all__ = ["Completion", "generate", "generate_ids", "stream", "Sampler", "SamplingParams", "TokenLogprob",
+           "Engine", "EngineConfig", "EngineLoop", "RequestHandle", "RequestOutput", "Policy", "POLICIES",
+           "poisson_workload", "replay", "request_metrics", "summarize"]

@@ -13,6 +13,7 @@ from typing import Iterator
 import torch
 
 from ..errors import ContextLengthError, InvalidParameterError
+from .detokenizer import Detokenizer
 from .sampling import Sampler, SamplingParams
 
 
@@ -46,8 +47,8 @@ def generate_ids(model, prompts: list[list[int]], params: SamplingParams,
         ids[row, longest - len(p):] = torch.tensor(p)
         cache.valid[row, :longest - len(p)] = False
     cache.padded = any(len(p) != longest for p in prompts)
-    sampler = Sampler(params, prompts, model.config.vocab_size, device)
-    stops = set() if params.ignore_eos else set(stop_token_ids)
+    stops = (set() if params.ignore_eos else set(stop_token_ids)) | set(params.stop_token_ids)
+    sampler = Sampler(params, prompts, model.config.vocab_size, device, stop_ids=stops)
 
     logits = model(ids.to(device), cache, last_only=True)[:, -1]
     done = [False] * batch
@@ -59,36 +60,6 @@ def generate_ids(model, prompts: list[list[int]], params: SamplingParams,
         if all(done) or step == params.max_tokens - 1:
             return
         logits = model(tokens[:, None], cache)[:, -1]
-
-
-class _TextTracker:
-    """Incremental detokenization for one sequence, with stop-string detection."""
-
-    def __init__(self, tokenizer, stop: list[str]):
-        self.tokenizer, self.stop = tokenizer, stop
-        self.ids: list[int] = []
-        self.emitted = 0  # characters already handed out by `stream`
-        self.text = ""
-        self.stopped = False
-
-    def add(self, token: int):
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            text, self.stopped = text[:cut], True
-        self.text = text
-
-    def ready(self) -> str:
-        """New text safe to show: not an incomplete UTF-8 character, not a possible stop-string start."""
-        safe = len(self.text)
-        if not self.stopped:
-            safe -= self.text.endswith("\ufffd")
-            shown = self.text[:safe]
-            safe -= max((k for s in self.stop for k in range(1, len(s)) if shown.endswith(s[:k])), default=0)
-        chunk = self.text[self.emitted:safe]
-        self.emitted = max(self.emitted, safe)
-        return chunk
 
 
 def _prompt_ids(tokenizer, prompt) -> list[int]:
@@ -105,17 +76,18 @@ def _prompt_ids(tokenizer, prompt) -> list[int]:
 def _run(model, tokenizer, prompts: list, params: SamplingParams):
     """Drive `generate_ids` for several prompts; yields (trackers, finished flags) after each step."""
     ids = [_prompt_ids(tokenizer, p) for p in prompts]
-    trackers = [_TextTracker(tokenizer, params.stop) for _ in prompts]
+    trackers = [Detokenizer(tokenizer, params.stop, params.include_stop_str_in_output) for _ in prompts]
     finished = [None] * len(prompts)
     stop_ids = tokenizer.stop_token_ids
+    ends = (set() if params.ignore_eos else set(stop_ids)) | set(params.stop_token_ids)
     for step in generate_ids(model, ids, params, stop_ids):
         for i, token in enumerate(step):
             if token is None or finished[i]:
                 continue
-            if token in stop_ids and not params.ignore_eos:
+            if token in ends:
                 finished[i] = "stop"
                 continue
-            trackers[i].add(token)
+            trackers[i].add(token, check_stop=len(trackers[i].ids) + 1 >= params.min_tokens)
             if trackers[i].stopped:
                 finished[i] = "stop"
         yield ids, trackers, finished
@@ -132,6 +104,8 @@ def generate(model, tokenizer, prompt, params: SamplingParams | None = None):
     ids, trackers, finished = [], [], []
     for ids, trackers, finished in _run(model, tokenizer, prompts, params):
         pass
+    for t in trackers:
+        t.finish()
     out = [Completion(t.text, t.ids, f or "length", len(p)) for t, f, p in zip(trackers, finished, ids)]
     return out if batched else out[0]
 
@@ -146,7 +120,7 @@ def stream(model, tokenizer, prompt, params: SamplingParams | None = None) -> It
         if chunk:
             yield chunk
     if tracker is not None:
-        tracker.stopped = True  # flush what was held back
-        rest = tracker.text[tracker.emitted:]
+        tracker.finish()  # flush what was held back
+        rest = tracker.ready()
         if rest:
             yield rest

@@ -167,12 +167,19 @@ class BlockManager:
             table.num_hashed += bs
             table.last_hash = self.prefix.register(block, table.last_hash, tuple(token_ids[:table.num_hashed]), bs)
 
-    def release(self, table: BlockTable):
-        """Drop the sequence's references; blocks nobody uses go back to the free list."""
+    def release(self, table: BlockTable, uncache: bool = False):
+        """Drop the sequence's references; blocks nobody uses go back to the free list.
+
+        `uncache`: their contents are suspect (the sequence failed): blocks nobody else uses leave
+        the prefix cache, so no later request reuses them.
+        """
         for block_id in reversed(table.block_ids):  # the tail first: evicted before the shared prefix
             block = self.kv_blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
+                if uncache and self.prefix is not None and block.hash is not None:
+                    self.prefix.forget(block)
+                    block.hash, block.token_ids = None, ()
                 self.free[block_id] = None
         table.block_ids, table.num_computed, table.num_hashed, table.last_hash = [], 0, 0, None
 

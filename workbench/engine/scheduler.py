@@ -37,6 +37,12 @@ class Sequence:
     finish_time: float | None = None
     finish_reason: str | None = None
     tracker: object = None          # text and stop strings, when the engine has a tokenizer
+    index: int = 0                  # choice index within its request (n > 1)
+    siblings: list = field(default_factory=list)  # choices 1..n-1, admitted once this one's prompt is computed
+    stop_ids: frozenset = frozenset()   # tokens that end this sequence (EOS unless ignore_eos, stop_token_ids)
+    on_output: object = None        # called with each RequestOutput, in the thread that steps
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it (None for EOS)
+    error: str | None = None        # why it failed (finish_reason "error")
 
     def __post_init__(self):
         self.token_ids = list(self.prompt_ids)
@@ -60,6 +66,10 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        # counted once per sequence, at its first admission
+        self.prompt_tokens_total = 0      # prompt tokens of requests (choice 0 only: siblings share the prompt)
+        self.prefix_queried_tokens = 0    # prompt tokens looked up in the prefix cache
+        self.prefix_hit_tokens = 0        # ... of those found there (not computed)
 
     def add(self, seq: Sequence):
         self.waiting.append(seq)
@@ -109,6 +119,9 @@ class Scheduler:
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = now
                 seq.cached_prompt_tokens = seq.table.num_computed
+                self.prefix_queried_tokens += len(seq.prompt_ids)
+                self.prefix_hit_tokens += seq.table.num_computed
+                self.prompt_tokens_total += len(seq.prompt_ids) if seq.index == 0 else 0
             allowed -= not seq.preempted
             seq.preempted = False
             self.running.append(seq)
@@ -124,9 +137,10 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     def finish(self, seq: Sequence):
-        """Take a finished or aborted sequence out and free its blocks."""
+        """Take a finished, aborted or failed sequence out and free its blocks (a failed one's
+        blocks leave the prefix cache)."""
         if seq in self.running:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
-        self.block_manager.release(seq.table)
+        self.block_manager.release(seq.table, uncache=seq.finish_reason == "error")

@@ -24,6 +24,8 @@ Anything else (more rows, autograd, another device or dtype, kernels unavailable
 with `set_enabled(False)` / `WORKBENCH_KERNELS=0`) takes the PyTorch path, which computes the same
 product. The first use compiles the extension (see `build.py`); without a compiler you get one
 warning and the PyTorch path, never an error.
+
+The switches (`set_enabled`, `disabled()`, `set_int4_activations`) are process-wide: every model and thread sees them.
 """
 
 from __future__ import annotations
