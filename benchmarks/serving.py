@@ -23,7 +23,6 @@ Writes data/results/serving.json, serving.csv (one row per throughput run) and s
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -37,6 +36,7 @@ import workbench
 from workbench import kernels
 from workbench.bench.serving import (METHOD, engine_throughput, load_summary, run_load, scrape_metrics,
                                      wait_blocks_free)
+from workbench.bench.flags import benchmark_parser, parse_benchmark_args
 from workbench.bench.timing import median, run_info
 from workbench.engine import Engine, EngineConfig, SamplingParams, poisson_workload
 from workbench.io import atomic_write_json, atomic_write_text
@@ -139,34 +139,30 @@ def exactness(server, engine, tok, max_tokens):
                                              for r in rows)}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--kernels", choices=["on", "off"], default="on")
+def main(argv=None):
+    sizes = ("requests", "max_output", "soak_requests", "exact_tokens")
+    parser = benchmark_parser(__doc__, "serving", full={"rounds": 3, "kernels": "on", "requests": 32, "max_output": 64,
+                                                        "soak_requests": 1000, "exact_tokens": 24},
+                              quick={"rounds": 2, "requests": 8, "max_output": 16, "soak_requests": 40,
+                                     "exact_tokens": 8})
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=32, help="throughput workload, per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=None, help="throughput workload, per round")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-prompt", type=int, default=16)
     parser.add_argument("--max-prompt", type=int, default=128)
     parser.add_argument("--min-output", type=int, default=16)
-    parser.add_argument("--max-output", type=int, default=64)
-    parser.add_argument("--soak-requests", type=int, default=1000)
+    parser.add_argument("--max-output", type=int, default=None)
+    parser.add_argument("--soak-requests", type=int, default=None)
     parser.add_argument("--soak-concurrency", type=int, default=16)
     parser.add_argument("--soak-min-output", type=int, default=4)
     parser.add_argument("--soak-max-output", type=int, default=24)
     parser.add_argument("--cancel-fraction", type=float, default=0.1)
-    parser.add_argument("--exact-tokens", type=int, default=24)
+    parser.add_argument("--exact-tokens", type=int, default=None)
     parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "soak", "exactness"])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default="data/results/serving")
-    args = parser.parse_args()
+    args = parse_benchmark_args(parser, argv)  # shared flags and the sizes above, full or --quick
+    assert all(getattr(args, k) is not None for k in sizes)
     # a SIGTERM (a timeout, a kill) unwinds the `with` below, so the server child is stopped too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if args.quick:
-        args.requests, args.rounds, args.max_output, args.soak_requests, args.exact_tokens = 8, 2, 16, 40, 8
-        args.out += "_quick"
     torch.set_num_threads(args.threads)
     kernels.set_enabled(args.kernels == "on")
     model, tok = workbench.load_model(args.model, kernels=args.kernels == "on")
@@ -174,7 +170,7 @@ def main():
     flags = ("--model", args.model, "--threads", str(args.threads), "--kernels", args.kernels,
              "--max-num-seqs", str(max(args.clients, args.soak_concurrency)))
     result = {"method": METHOD, "model": args.model, "server_flags": list(flags), "settings": vars(args).copy(),
-              "run": run_info()}
+              "run": run_info(bandwidth=args.bandwidth)}
     with ServerProcess(*flags) as server:
         if "exactness" not in args.skip:
             log("exactness ...")
