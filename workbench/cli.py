@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", default=None, metavar="DIR", help="save the trained student (Hugging Face directory)")
     p.add_argument("--results", default=None, metavar="CSV", help="append the run's row to this CSV")
     _model_args(p)
+
+    from .study.commands import add_parser as add_study_parser
+
+    add_study_parser(sub)
     return parser
 
 
@@ -432,7 +436,13 @@ def cmd_distill(args):
                      f"after {result.steps} steps, {result.tokens} tokens, {result.tokens_per_s:.0f} tok/s")
 
 
-COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "ppl": cmd_ppl,
+def cmd_study(args):
+    from .study.commands import run
+
+    return run(args)
+
+
+COMMANDS = {"study": cmd_study, "info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "ppl": cmd_ppl,
             "bench": cmd_bench, "export": cmd_export, "quant": cmd_quant, "prune": cmd_prune, "verify": cmd_verify,
             "distill": cmd_distill}
 

@@ -53,3 +53,8 @@ class ResumeError(CheckpointError):
 class CapacityError(WorkbenchError):
     """The KV cache cannot hold a request: a block pool too small for a single request's prompt
     plus max_tokens, or no blocks at all."""
+
+
+class StudyError(InvalidParameterError):
+    """A study that cannot run: a malformed study file (named by line), an unknown spec (named with its
+    cell), an unreachable Ray cluster, or a results file written by another code version."""
