@@ -214,13 +214,13 @@ def test_sensitivity_scan_and_plan_on_the_real_model(model_and_tokenizer):
     model, tok = model_and_tokenizer
     names = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj", "lm_head"]
     scan = sensitivity_scan(model, tok, tiers=["int4-g32", "int8", "float"], tokens=32, window=32, matrices=names)
-    assert scan["matrix"].tolist() == names
+    assert sorted(scan["matrix"]) == sorted(names)
     assert (scan["loss_int8"] <= scan["loss_int4-g32"]).all() and (scan["loss_float"] == 0).all()
     assert (scan["bytes_int4-g32"] < scan["bytes_int8"]).all() and (scan["bytes_int8"] < scan["bytes_float"]).all()
     assert scan.set_index("matrix").loc["lm_head", "ppl"] != scan["ppl_base"].iloc[0]   # the scan really quantized
     copy_ = copy.deepcopy(model)
     plan = dict(zip(names, ["int4-g32", "int8", "float"]))
-    expected = copy_.weight_bytes() - sum(scan[f"bytes_float"]) + plan_bytes(scan, plan)
+    expected = copy_.weight_bytes() - sum(scan["bytes_float"]) + plan_bytes(scan, plan)
     apply_plan(copy_, plan)
     assert copy_.weight_bytes() == expected                              # bytes as the allocation counts them
     assert fixed_bytes(model) < 1e6 and len(linear_layers(model)) == 7 * model.config.num_hidden_layers + 1

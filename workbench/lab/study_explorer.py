@@ -43,7 +43,8 @@ def study_explorer(frame: pd.DataFrame):
             out.clear_output(wait=True)
             fig, _ = draw(frame, methods=[m for m, b in boxes.items() if b.value], bits=bits.value,
                           sparsity=sparsity.value, x=x.value)
-            plt.show(fig)
+            display(fig)
+            plt.close(fig)
 
     for w in [*boxes.values(), bits, sparsity, x]:
         w.observe(redraw, names="value")
