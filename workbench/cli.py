@@ -175,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(Prometheus) and a chat page at /.")
     _serve_args(p)
     _model_args(p)
+
+    from .study.commands import add_parser as add_study_parser
+
+    add_study_parser(sub)
     return parser
 
 
@@ -517,9 +521,15 @@ def cmd_serve(args):
     return serve(config, load=lambda: _load(args))
 
 
+def cmd_study(args):
+    from .study.commands import run
+
+    return run(args)
+
+
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "ppl": cmd_ppl,
             "bench": cmd_bench, "export": cmd_export, "quant": cmd_quant, "prune": cmd_prune, "verify": cmd_verify,
-            "distill": cmd_distill, "serve": cmd_serve}
+            "distill": cmd_distill, "serve": cmd_serve, "study": cmd_study}
 
 
 def _fail(message: str) -> int:

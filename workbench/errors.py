@@ -72,3 +72,8 @@ class RequestFailedError(WorkbenchError):
 
 class EngineClosedError(WorkbenchError):
     """A request was submitted to an engine loop that has been shut down."""
+
+
+class StudyError(InvalidParameterError):
+    """A study that cannot run: a malformed study file (named by line), an unknown spec (named with its
+    cell), an unreachable Ray cluster, or a results file written by another code version."""
