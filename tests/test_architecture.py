@@ -18,7 +18,7 @@ FLOORS = {
     "checkpoints": 6,
     "prune": 7,
     "distill": 8,
-    "adapters": 9,
+    "adapters": 9, "variant": 9,
     "bench": 10,
     "serve": 11, "parallel": 11, "evals": 11, "interop": 11, "study": 11, "verify": 11,
     "cli": 12, "lab": 12, "exercises": 12,

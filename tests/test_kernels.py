@@ -341,3 +341,15 @@ def test_enable_moves_large_weights_to_huge_pages_and_keeps_values_and_ties(ops)
     move_weights_to_huge_pages(tiny)
     assert small == [t.data_ptr() for t in tiny.state_dict().values()
                      if t.numel() * t.element_size() < HUGE_PAGE]  # tensors under a huge page stay put
+
+
+def test_a_lock_left_by_a_killed_build_does_not_block_loading():
+    """torch's build lock is a plain file; a build killed mid-way leaves it, and torch then waits forever."""
+    import subprocess
+
+    if not kernels.available():
+        pytest.skip(f"kernels unavailable: {kernels.status()['reason']}")
+    (build.build_dir() / "lock").write_text("")  # as a killed build leaves it
+    code = "from workbench.kernels import build; m, why = build._compile(False); assert m is not None, why"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    assert not (build.build_dir() / "lock").exists()

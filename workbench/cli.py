@@ -190,7 +190,7 @@ def _positive(name: str, value, minimum: int = 1):
 def _load(args):
     import torch
 
-    from .checkpoints import load_model
+    from .variant import load_variant
 
     _check_device(args.device)
     if args.threads is not None:
@@ -200,18 +200,8 @@ def _load(args):
 
     kernels.set_enabled(args.kernels == "on")
     kernels.set_int4_activations(None if args.int4_activations == "auto" else args.int4_activations)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, kernels=args.kernels == "on")
-    if getattr(args, "prune", None):  # before --quant: pruning reads float weights, int8/int4 keep its zeros
-        from .prune import prune_
-
-        prune_(model, args.prune, tokenizer=tokenizer)  # calibrated specs read the built-in text
-    if getattr(args, "quant", None):
-        from .quant import quantize_
-
-        quantize_(model, args.quant, tokenizer=tokenizer)  # calibrated specs read the built-in text
-    if args.kernels == "on" and (getattr(args, "prune", None) or getattr(args, "quant", None)):
-        kernels.enable(model)  # the new layers' weights: kernels and huge pages too
-    return model, tokenizer
+    return load_variant(args.model, dtype=args.dtype, device=args.device, prune=getattr(args, "prune", None),
+                        quant=getattr(args, "quant", None), kernels=args.kernels == "on")
 
 
 def _check_device(device: str):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..io import locked
 from ..settings import cache_root
 
 SOURCES = ("matvec.cpp", "matvec_body.h", "vec.h", "int4_q8.h", "attention.h")
@@ -100,9 +101,13 @@ def _compile(verbose: bool):
               file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
-        module = cpp_load(name, [str(CSRC / "matvec.cpp")], extra_cflags=list(CFLAGS),  # copies: load() appends
-                          extra_ldflags=list(LDFLAGS),
-                          extra_include_paths=[str(CSRC)], build_directory=str(out), verbose=verbose)
+        with locked(out / "build"):  # an flock: released by the kernel even when a builder is killed
+            # torch's own lock is a plain file that a killed build leaves behind, after which every later
+            # load waits forever; holding ours, no other workbench process is building here, so it is stale
+            (out / "lock").unlink(missing_ok=True)
+            module = cpp_load(name, [str(CSRC / "matvec.cpp")], extra_cflags=list(CFLAGS),  # copies: load() appends
+                              extra_ldflags=list(LDFLAGS),
+                              extra_include_paths=[str(CSRC)], build_directory=str(out), verbose=verbose)
     except Exception as e:  # a compiler error, a missing header, a broken toolchain: fall back, say why
         detail = str(e).strip().splitlines()
         return None, f"the build in {out} failed ({detail[-1] if detail else type(e).__name__})"

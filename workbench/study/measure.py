@@ -62,24 +62,21 @@ def compress(cell: dict, *, cache_dir=None, progress: bool = False):
     the parameters as loaded, the time compression took and, for auto:BYTES, the plan's tier counts."""
     from .. import kernels
     from ..checkpoints import load_model
-    from ..prune import prune_
-    from ..quant import quantize_
+    from ..variant import compress_
     from .mixed import quantize_auto_
 
     model, tokenizer = load_model(cell["model"], dtype=cell["dtype"])
     row = {"parameters": model.num_parameters()}
     start = now()
-    if cell["prune"] != "none":
-        prune_(model, cell["prune"], tokenizer=tokenizer)
     quant = cell["quant"]
+    compress_(model, tokenizer, prune=None if cell["prune"] == "none" else cell["prune"],
+              quant=None if quant == "none" or quant.startswith("auto:") else quant)
     if quant.startswith("auto:"):
         key = {k: cell[k] for k in ("model", "dtype", "prune")}
         plan = quantize_auto_(model, tokenizer, parse_bytes(quant.removeprefix("auto:")), cell["mixed"],
                               cache_dir=cache_dir, key={**key, "code": code_version()}, progress=progress)
         row.update({f"matrices_{t}": sum(v == t for v in plan.values()) for t in cell["mixed"]["tiers"]})
         row["budget_bytes"] = parse_bytes(quant.removeprefix("auto:"))
-    elif quant != "none":
-        quantize_(model, quant, tokenizer=tokenizer)
     row["compress_s"] = now() - start
     if cell.get("kernels", True):
         kernels.enable(model)
