@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(Prometheus) and a chat page at /.")
     _serve_args(p)
     _model_args(p)
+
+    from .evals.commands import add_arguments as _eval_args
+
+    _eval_args(sub, _model_args)
     return parser
 
 
@@ -448,9 +452,15 @@ def cmd_serve(args):
     return serve(config_from_args(args), load=lambda: _load(args))
 
 
+def cmd_eval(args):
+    from .evals.commands import cmd_eval as run
+
+    return run(args)
+
+
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "ppl": cmd_ppl,
             "bench": cmd_bench, "export": cmd_export, "quant": cmd_quant, "prune": cmd_prune, "verify": cmd_verify,
-            "distill": cmd_distill, "serve": cmd_serve}
+            "distill": cmd_distill, "serve": cmd_serve, "eval": cmd_eval}
 
 
 def main(argv=None) -> int:
