@@ -113,7 +113,7 @@ def test_cli_bad_input():
 def server():
     from workbench.evals import served
 
-    with served(Variant(), server_args=("--threads", "1", "--max-num-seqs", "4")) as s:
+    with served(Variant(), server_args=("--threads", "1", "--max-num-seqs", "4"), timeout_s=900) as s:
         yield s
 
 

@@ -38,7 +38,7 @@ PERF_PERCENTILE = {"ttft_ms": "TTFT (ms)", "tpot_ms": "TPOT (ms)", "itl_ms": "IT
 REVIEW_SCORE = ("sample_score", "score", "value")
 REVIEW_PREDICTION = ("sample_score", "score", "prediction")
 REVIEW_TARGET = "target"
-SCORE_KEYS = {"rouge_l_f": "Rouge-L-F", "rouge_l_r": "Rouge-L-R", "acc": "acc"}
+SCORE_KEYS = {"rouge_l_f": "Rouge-L-F", "rouge_l_r": "Rouge-L-R", "acc": "accuracy"}
 
 
 def read_key(d: dict, key, where: str):
