@@ -46,3 +46,24 @@ def quiet(log_path):
         finally:
             for h, level in saved:
                 h.setLevel(level)
+
+
+def run_isolated(fn, *args, **kwargs):
+    """`fn(...)` in a thread of its own: evalscope runs its own event loop, which cannot start in a
+    thread that already runs one (a notebook's kernel, an async caller). Its exception is re-raised."""
+    import threading
+
+    result, error = [], []
+
+    def target():
+        try:
+            result.append(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            error.append(e)
+
+    t = threading.Thread(target=target, name="evalscope", daemon=True)
+    t.start()
+    t.join()
+    if error:
+        raise error[0]
+    return result[0]

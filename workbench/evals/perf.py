@@ -15,7 +15,7 @@ from ..errors import InvalidParameterError
 from ..io import atomic_write_json
 from .keys import (PERCENTILE_LABEL, PERCENTILES, PERF_PERCENTILE, PERF_SUMMARY, EvalscopeOutputError, read_key,
                    read_keys)
-from .offline import offline, quiet
+from .offline import offline, quiet, run_isolated
 from .server import Server, scrape_metrics
 
 GENERATION_TOKENS = "workbench:generation_tokens_total"
@@ -82,7 +82,7 @@ def perf_run(server: Server, parallel: int, number: int, out_dir, *, dataset: st
                       max_tokens)
     with offline(), quiet(run_dir / "console.log"):
         try:
-            run_perf_benchmark(args)
+            run_isolated(run_perf_benchmark, args)
         except Exception as e:  # evalscope's own failure: one line, the details are in console.log
             raise EvalscopeOutputError(f"evalscope perf failed at parallel {parallel}: {type(e).__name__}: "
                                        f"{str(e).splitlines()[0] if str(e) else ''} (see {run_dir}/console.log)") from None

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import InvalidParameterError
 from ..io import atomic_write_json, atomic_write_text
 from .keys import REVIEW_PREDICTION, REVIEW_SCORE, REVIEW_TARGET, SCORE_KEYS, EvalscopeOutputError, read_key
-from .offline import offline, quiet
+from .offline import offline, quiet, run_isolated
 from .server import Server
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "eval"
@@ -186,7 +186,7 @@ def run_task(server: Server, task: TaskSet, work_dir, *, limit: int | None = Non
                         limit=limit, work_dir=str(work_dir), no_timestamp=True)
     with offline(), quiet(work_dir / "console.log"):
         try:
-            evalscope_run(config)
+            run_isolated(evalscope_run, config)
         except Exception as e:
             raise EvalscopeOutputError(f"evalscope eval failed on {task.name}: {type(e).__name__}: "
                                        f"{str(e).splitlines()[0] if str(e) else ''} (see {work_dir}/console.log)") from None
