@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .study.commands import add_parser as add_study_parser
 
     add_study_parser(sub)
+
+    from .evals.commands import add_arguments as _eval_args
+
+    _eval_args(sub, _model_args)
     return parser
 
 
@@ -517,9 +521,16 @@ def cmd_study(args):
     return run(args)
 
 
+def cmd_eval(args):
+    from .evals.commands import cmd_eval as run
+
+    return run(args)
+
+
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "ppl": cmd_ppl,
             "bench": cmd_bench, "export": cmd_export, "quant": cmd_quant, "prune": cmd_prune, "verify": cmd_verify,
-            "distill": cmd_distill, "serve": cmd_serve, "study": cmd_study}
+            "distill": cmd_distill, "serve": cmd_serve, "study": cmd_study,
+            "eval": cmd_eval}
 
 
 def _fail(message: str) -> int:
