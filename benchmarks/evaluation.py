@@ -11,10 +11,10 @@ is recorded before and after). Finished runs are kept under --runs and skipped w
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from workbench.bench.flags import benchmark_parser, parse_benchmark_args
 from workbench.bench.timing import run_info
 from workbench.evals import EVALSCOPE_VERSION, Variant, llama_cpp_peer, perf_sweep, run_tasks, served
 from workbench.io import atomic_write_json, atomic_write_text
@@ -23,21 +23,24 @@ DEFAULT_VARIANTS = ["fp32", "bf16", "quant=int8", "quant=int4-g128", "quant=int4
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
-    p.add_argument("--parallel", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--number", type=int, default=8)
-    p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--limit", type=int, default=None, help="questions per set (default: all)")
-    p.add_argument("--threads", type=int, default=2)
+    p = benchmark_parser(__doc__, "evaluation", full={}, quick={})
+    p.add_argument("--variants", nargs="+", default=None)
+    p.add_argument("--parallel", type=int, nargs="+", default=None)
+    p.add_argument("--number", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="questions per set (default: all; --quick: 4)")
     p.add_argument("--runs", default="evalscope_runs/benchmark")
-    p.add_argument("--out", default="data/results")
     p.add_argument("--resume", action="store_true")
-    args = p.parse_args(argv)
+    p.set_defaults(_benchmark={"name": "evaluation", "min_rounds": 1,
+                               "full": {"variants": DEFAULT_VARIANTS, "parallel": [1, 2, 4, 8], "number": 8,
+                                        "max_tokens": 32},
+                               "quick": {"variants": ["fp32", "quant=int8"], "parallel": [1, 2], "number": 2,
+                                         "max_tokens": 8, "limit": 4}})
+    args = parse_benchmark_args(p, argv)
     import pandas as pd
 
     variants = [Variant.parse(s) for s in args.variants]
-    info = run_info()
+    info = run_info(bandwidth=args.bandwidth)
     perf, tasks = [], []
     for v in variants:
         with served(v, server_args=("--threads", str(args.threads))) as server:
@@ -55,10 +58,9 @@ def main(argv=None):
                        f"from the model's tokenizer, exactly {args.max_tokens} tokens out, greedy, streaming; "
                        "evalscope eval (openai_api) on data/eval; 95% bootstrap intervals over questions; "
                        "variants one after another (not alternated)")
-    os.makedirs(args.out, exist_ok=True)
-    for name, df in (("evaluation_perf", perf), ("evaluation_tasks", tasks)):
-        atomic_write_text(f"{args.out}/{name}.csv", df.to_csv(index=False))
-        atomic_write_json(f"{args.out}/{name}.json", {"run": info, "rows": df.to_dict(orient="records")})
+    for part, df in (("perf", perf), ("tasks", tasks)):  # STEM_perf.* and STEM_tasks.*
+        atomic_write_text(f"{args.out}_{part}.csv", df.to_csv(index=False))
+        atomic_write_json(f"{args.out}_{part}.json", {"run": info, "rows": df.to_dict(orient="records")})
     print(perf[["variant", "parallel", "failed", "output_throughput", "ttft_ms_p50", "tpot_ms_p50",
                 "tokens_match_server"]].round(1).to_string(index=False))
     print(tasks[["variant", "set", "score", "ci_low", "ci_high", "questions"]].round(3).to_string(index=False))

@@ -77,7 +77,7 @@ def test_the_clock_flag_where_a_script_sizes_it():
     assert parse_benchmark_args(benchmark_parser("doc", "demo", full={"clock": "wall"}), []).clock == "wall"
 
 
-SCRIPTS = ["batching", "decode_vs_transformers", "distillation", "kernels", "kv_cache", "parallel", "pruning",
+SCRIPTS = ["batching", "decode_vs_transformers", "distillation", "evaluation", "kernels", "kv_cache", "parallel", "pruning",
            "quantization_ppl", "serving"]
 
 
