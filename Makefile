@@ -25,7 +25,7 @@ lab: setup
 
 # Quick mode shrinks token counts and training steps; the model stays the real one.
 test: setup
-	WORKBENCH_QUICK=1 $(BIN)/pytest tests notebooks --nbmake --nbmake-timeout=900 -q
+	WORKBENCH_QUICK=1 $(BIN)/pytest tests notebooks --nbmake --nbmake-timeout=900 -q --durations=15
 
 # Unit tests only (no notebooks).
 test-fast: setup

@@ -3,7 +3,6 @@ these in; a model flag set is passed in by the CLI so the model flags stay defin
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from contextlib import contextmanager

@@ -48,22 +48,26 @@ def quiet(log_path):
                 h.setLevel(level)
 
 
-def run_isolated(fn, *args, **kwargs):
-    """`fn(...)` in a thread of its own: evalscope runs its own event loop, which cannot start in a
-    thread that already runs one (a notebook's kernel, an async caller). Its exception is re-raised."""
-    import threading
+def _call_logged(log_path, fn, args, kwargs):
+    """In the child: the console (file descriptors 1 and 2, so C and Python writers alike) into the log."""
+    import sys
 
-    result, error = [], []
+    with open(log_path, "a", encoding="utf-8") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        sys.stdout, sys.stderr = os.fdopen(1, "w", buffering=1), os.fdopen(2, "w", buffering=1)
+        os.environ.update(OFFLINE_ENV)
+        return fn(*args, **kwargs)
 
-    def target():
-        try:
-            result.append(fn(*args, **kwargs))
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-            error.append(e)
 
-    t = threading.Thread(target=target, name="evalscope", daemon=True)
-    t.start()
-    t.join()
-    if error:
-        raise error[0]
-    return result[0]
+def run_isolated(fn, *args, log_path, **kwargs):
+    """`fn(...)` in a fresh process, its console written to `log_path`; its exception is re-raised.
+
+    evalscope keeps process-wide state between runs (progress bars and logging handlers bound to the
+    streams of the run before, its own event loop, which cannot start in a thread that already runs
+    one: a notebook's kernel): a second run in one process can fail. A spawned process starts clean.
+    """
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_call_logged, (str(log_path), fn, args, kwargs))

@@ -82,7 +82,7 @@ def perf_run(server: Server, parallel: int, number: int, out_dir, *, dataset: st
                       max_tokens)
     with offline(), quiet(run_dir / "console.log"):
         try:
-            run_isolated(run_perf_benchmark, args)
+            run_isolated(run_perf_benchmark, args, log_path=run_dir / "console.log")
         except Exception as e:  # evalscope's own failure: one line, the details are in console.log
             raise EvalscopeOutputError(f"evalscope perf failed at parallel {parallel}: {type(e).__name__}: "
                                        f"{str(e).splitlines()[0] if str(e) else ''} (see {run_dir}/console.log)") from None

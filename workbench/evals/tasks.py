@@ -186,7 +186,7 @@ def run_task(server: Server, task: TaskSet, work_dir, *, limit: int | None = Non
                         limit=limit, work_dir=str(work_dir), no_timestamp=True)
     with offline(), quiet(work_dir / "console.log"):
         try:
-            run_isolated(evalscope_run, config)
+            run_isolated(evalscope_run, config, log_path=work_dir / "console.log")
         except Exception as e:
             raise EvalscopeOutputError(f"evalscope eval failed on {task.name}: {type(e).__name__}: "
                                        f"{str(e).splitlines()[0] if str(e) else ''} (see {work_dir}/console.log)") from None
