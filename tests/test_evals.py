@@ -123,7 +123,8 @@ def test_connect_to_a_running_server(server):
         connect(server.url, model="other")
 
 
-def test_perf_sweep_counts_equal_the_server_and_resume_skips(server, tmp_path):
+def test_perf_sweep_counts_equal_the_server_and_resume_skips(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # as a library beside evalscope may leave it: its bars must still work
     df = perf_sweep(server, parallel=[1, 2], number=2, out_dir=tmp_path, prompt_tokens=48, max_tokens=4)
     assert list(df["parallel"]) == [1, 2] and (df["failed"] == 0).all() and (df["succeeded"] == 2).all()
     assert (df["output_tokens"] == 2 * 4).all()                 # exactly max_tokens each (ignore_eos)

@@ -69,5 +69,12 @@ def run_isolated(fn, *args, log_path, **kwargs):
     """
     import multiprocessing as mp
 
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_call_logged, (str(log_path), fn, args, kwargs))
+    # evalscope's progress bars fail when tqdm is switched off (TqdmLogging reads attributes a disabled
+    # bar never sets), and some library we run beside it sets TQDM_DISABLE=1: the child starts without it
+    saved = os.environ.pop("TQDM_DISABLE", None)
+    try:
+        with mp.get_context("spawn").Pool(1) as pool:
+            return pool.apply(_call_logged, (str(log_path), fn, args, kwargs))
+    finally:
+        if saved is not None:
+            os.environ["TQDM_DISABLE"] = saved
