@@ -8,8 +8,8 @@ untimed round, then `repeats` rounds of one `bench_decode` run per mode (kernels
 through `workbench.kernels.disabled()`; `workbench.bench.timing.alternate`), so both modes see the
 same machine noise; medians over the rounds, speed-up = median of the per-round on / off ratios.
 GB/s = weight bytes per decode step x steps/s; `ceiling_tok_s` = batch x bandwidth / bytes per step
-(weights only, KV cache and activations ignored) at `bandwidth_gb_s` (38 GB/s: the median read
-bandwidth of a 2-core machine like CI's, /work/shared/BASELINES.md).
+(weights only, KV cache and activations ignored) at `bandwidth_gb_s` (pass the bandwidth measured in
+the same run, `workbench.bench.timing.read_bandwidth_gb_s`; the default is a typical 2-core figure).
 """
 
 from __future__ import annotations
