@@ -1,4 +1,4 @@
-"""Exercises of notebook 12: the KV inputs of an exported graph, LoRA's trainable parameters, and the
+"""Exercises of notebook 12: the KV bytes an exported decode step takes in, LoRA's trainable parameters, and the
 draft length that speculative decoding should use."""
 
 from __future__ import annotations
@@ -20,30 +20,44 @@ def bundled_config() -> ModelConfig:
 
 # --- ONNX export: a decode step's graph takes the whole KV cache as inputs -----------------------------
 
-def kv_cache_inputs_solution() -> int:
-    return 2 * bundled_config().num_hidden_layers  # one key and one value tensor per layer
-
-
-def check_kv_cache_inputs(answer) -> Verdict:
-    """How many past key/value tensors does the exported decode graph take as inputs?"""
-    return expect_equal(answer, kv_cache_inputs_solution(), "past key/value inputs",
-                        hint="every layer keeps its own keys and its own values.")
-
-
-# --- LoRA: trainable parameters of rank-r adapters on the query and value projections -----------------
-
-def lora_parameters_solution(rank: int = 8) -> int:
+def kv_input_bytes_solution(past: int = 512, batch: int = 1, dtype_bytes: int = 4) -> int:
+    """Bytes of past keys and values one decode step hands to the graph: every layer's keys and values."""
     c = bundled_config()
-    per_layer = rank * (c.hidden_size + c.q_dim) + rank * (c.hidden_size + c.kv_dim)  # A: r x in, B: out x r
-    return c.num_hidden_layers * per_layer
+    return 2 * c.num_hidden_layers * batch * c.num_key_value_heads * past * c.head_dim * dtype_bytes
+
+
+def check_kv_input_bytes(answer) -> Verdict:
+    """Bytes of `past_key_*`/`past_value_*` inputs of one float32 decode step at batch 1, 512 positions."""
+    c = bundled_config()
+    return expect_close(answer, kv_input_bytes_solution(), "past key/value bytes per step", rel=0.001,
+                        unit="bytes", hint=f"{c.num_hidden_layers} layers, each with keys and values of shape "
+                                           "(batch, kv heads, past, head dim); grouped-query attention has "
+                                           "fewer kv heads than query heads.")
+
+
+# --- LoRA: trainable parameters of rank-r adapters ------------------------------------------------------
+
+def projection_shapes() -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of each projection of one layer."""
+    c = bundled_config()
+    h, i = c.hidden_size, c.intermediate_size
+    return {"q_proj": (h, c.q_dim), "k_proj": (h, c.kv_dim), "v_proj": (h, c.kv_dim), "o_proj": (c.q_dim, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+
+def lora_parameters_solution(rank: int = 16, targets: tuple[str, ...] | None = None) -> int:
+    """Trainable parameters of rank-`rank` LoRA on `targets` (None: all seven projections) of every layer."""
+    shapes = projection_shapes()
+    per_layer = sum(rank * (n_in + n_out) for name, (n_in, n_out) in shapes.items()
+                    if targets is None or name in targets)  # A: r x in, B: out x r
+    return bundled_config().num_hidden_layers * per_layer
 
 
 def check_lora_parameters(answer) -> Verdict:
-    """Trainable parameters of LoRA with r=8 on q_proj and v_proj of every layer."""
-    c = bundled_config()
-    return expect_equal(answer, lora_parameters_solution(), "trainable LoRA parameters (r=8, q_proj+v_proj)",
-                        hint=f"A is r x in_features and B is out_features x r; v_proj maps {c.hidden_size} to "
-                             f"{c.kv_dim} (grouped-query attention), q_proj {c.hidden_size} to {c.q_dim}.")
+    """Trainable parameters of LoRA with r=16 on all seven projections of every layer."""
+    return expect_equal(answer, lora_parameters_solution(), "trainable LoRA parameters (r=16, all projections)",
+                        hint="A is r x in_features and B is out_features x r, for each of the seven projections "
+                             "(q, k, v, o, gate, up, down) of every layer; k and v are narrower than q.")
 
 
 # --- Speculative decoding: tokens per verify step, and the best draft length ---------------------------
@@ -95,11 +109,10 @@ def check_best_draft_length(answer) -> Verdict:
 
 
 EXERCISES = [
-    Exercise("kv_cache_inputs", check_kv_cache_inputs, kv_cache_inputs_solution,
-             lambda: [bundled_config().num_hidden_layers, 4 * bundled_config().num_hidden_layers]),
+    Exercise("kv_input_bytes", check_kv_input_bytes, kv_input_bytes_solution,
+             lambda: [kv_input_bytes_solution() // 2, kv_input_bytes_solution() * 3]),  # keys only; q heads
     Exercise("lora_parameters", check_lora_parameters, lora_parameters_solution,
-             lambda: [2 * bundled_config().num_hidden_layers * 8 * 2 * bundled_config().hidden_size,  # v_proj as square
-                      lora_parameters_solution(16)]),
+             lambda: [lora_parameters_solution(8), lora_parameters_solution(targets=("q_proj", "v_proj"))]),
     Exercise("expected_tokens", check_expected_tokens, lambda: expected_tokens_solution,
              lambda: [lambda a, k: 1 + a * k, lambda a, k: (1 - a ** k) / (1 - a), "not a function"]),
     Exercise("best_draft_length", check_best_draft_length, best_draft_length_solution,
