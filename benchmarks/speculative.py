@@ -85,8 +85,10 @@ def speculative(target, draft, k, prompts, params, clock) -> dict:
 
 
 def distilled_draft(teacher, tokenizer, spec: str, steps: int, eval_ids) -> tuple:
-    """The student `spec`, distilled (forward KL) for `steps` steps, checkpointed in the cache."""
+    """The student `spec`, distilled (forward KL) for `steps` steps (0: as built), checkpointed in the cache."""
     student = build_student(teacher, spec)
+    if steps == 0:
+        return student, {"spec": spec, "steps": 0, "ppl_after": perplexity(student, eval_ids, window=256).ppl}
     config = TrainConfig(steps=steps, batch_size=2, seq_len=256, loss="kl", lr=5e-4, warmup_steps=min(10, steps // 5),
                          checkpoint_every=10, autocast="bfloat16")
     run_dir = cache_root() / "speculative-draft" / f"{spec.replace(':', '')}-kl-{steps}steps"
@@ -124,7 +126,8 @@ def main(argv=None):
     parser.add_argument("--ks", type=int, nargs="*", default=None, help="draft tokens per pass (full 1..8)")
     parser.add_argument("--prompts", type=int, default=None, help="prompts per contender and round (full 2)")
     parser.add_argument("--student", default="layers:15", help="the draft, built from the target by this spec")
-    parser.add_argument("--distill-steps", type=int, default=None, help="forward-KL steps for the draft (full 150)")
+    parser.add_argument("--distill-steps", type=int, default=None,
+                        help="forward-KL steps for the draft (full 150; 0: the student as built, untrained)")
     parser.add_argument("--draft", default=None, metavar="DIR", help="a saved student instead (no training here)")
     parser.add_argument("--draft-quant", default="int4-g128", help="the quantized draft's spec (int4-g128)")
     args = parse_benchmark_args(parser, argv)
