@@ -30,7 +30,17 @@ def _files(tmp_path):
     foreign.mkdir()
     torch.save({"weights": torch.zeros(2)}, foreign / "checkpoint.pt")  # a torch file, not ours
     return {"EMPTY": str(empty), "LATIN1": str(latin1), "BROKEN": str(broken), "FOREIGN": str(foreign),
-            "TMP": str(tmp_path)}
+            "TMP": str(tmp_path), "OTHERVOCAB": str(_other_vocabulary(tmp_path))}
+
+
+def _other_vocabulary(tmp_path):
+    """A saved model whose vocabulary (512 tokens) is not the tiny random model's (49152): a bad draft."""
+    from workbench.checkpoints import load_tokenizer, random_model, save_pretrained
+    from workbench.config import ModelConfig
+
+    path = tmp_path / "other-vocab"
+    save_pretrained(random_model(ModelConfig.tiny(vocab_size=512)), path, load_tokenizer("smollm2-135m"))
+    return path
 
 
 CASES = [
@@ -86,6 +96,10 @@ CASES = [
     (["verify", *TINY, "--prune", "magnitude:0.5"], "--prune"),
     (["verify", *TINY, "--dtype", "bfloat16"], "float32"),
     (["verify", *TINY, "--new-tokens", "0"], "--new-tokens"),
+    (["generate", "hi", *TINY, "--draft", "tiny-random", "--draft-tokens", "0"], "--draft-tokens"),
+    (["generate", "hi", *TINY, "--draft-quant", "int4-g128"], "--draft"),
+    (["generate", "hi", *TINY, "--draft", "OTHERVOCAB"], "vocabulary has 512 tokens"),
+    (["generate", "hi", *TINY, "--draft", "tiny-random", "--repetition-penalty", "1.2"], "repetition_penalty"),
     (["distill", *TINY, "--student", "bogus", "--steps", "1"], "bogus"),
     (["distill", *TINY, "--student", "layers:1", "--steps", "1", "--quant", "int8"], "quantize"),
     (["distill", *TINY, "--student", "layers:1", "--steps", "1", "--seq-len", "16", "--batch-size", "1",

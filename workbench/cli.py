@@ -64,6 +64,27 @@ def _sampling_args(p: argparse.ArgumentParser):
     p.add_argument("--seed", type=int, default=None)
 
 
+def _draft_args(p: argparse.ArgumentParser):
+    p.add_argument("--draft", default=None, metavar="MODEL",
+                   help="speculative decoding: a smaller model with the same tokenizer (a student directory saved "
+                        "by `workbench distill --save`, or any --model form) drafts tokens the model verifies")
+    p.add_argument("--draft-tokens", type=int, default=4, metavar="K", help="tokens drafted per verify pass (default 4)")
+    p.add_argument("--draft-quant", default=None, metavar="SPEC", help="quantize the draft model first (e.g. int4-g128)")
+
+
+def _load_draft(args, model, tokenizer):
+    """The --draft model (None without one), checked against the target: same tokenizer, same device."""
+    from .engine import check_draft
+    from .variant import load_variant
+
+    if args.draft is None:
+        return None
+    draft, draft_tokenizer = load_variant(args.draft, dtype=args.dtype, device=args.device, quant=args.draft_quant,
+                                          kernels=args.kernels == "on")
+    check_draft(model, draft, tokenizer, draft_tokenizer)
+    return draft
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="workbench", description="LLM deployment workbench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     _sampling_args(p)
     _parallel_args(p)
+    _draft_args(p)
 
     p = sub.add_parser("chat", help="multi-turn chat in the terminal (empty line or /exit ends)")
     p.add_argument("--system", default=None, help="system message")
@@ -266,20 +288,40 @@ def cmd_info(args):
 def cmd_generate(args):
     from .engine import generate, stream
 
+    from .engine import SpeculativeStats
+
+    _positive("--draft-tokens", args.draft_tokens)
+    if args.draft is not None and (args.tp > 1 or args.pp > 1):
+        raise InvalidParameterError("--draft runs on one process; drop --tp/--pp")
+    if args.draft_quant and args.draft is None:
+        raise InvalidParameterError("--draft-quant quantizes the --draft model; give --draft too")
     if (status := _parallel(args, "generate")) is not None:
         return status
 
     model, tokenizer = _load(args)
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     params = _sampling(args)
+    draft = _load_draft(args, model, tokenizer)
+    spec = dict(draft=draft, draft_tokens=args.draft_tokens, stats=SpeculativeStats())
     if args.json:
-        c = generate(model, tokenizer, prompt, params)
-        print(json.dumps({"text": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-                          "completion_tokens": len(c.token_ids)}))
+        c = generate(model, tokenizer, prompt, params, **spec)
+        result = {"text": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+                  "completion_tokens": len(c.token_ids)}
+        if draft is not None:
+            stats = spec["stats"]
+            result["speculative"] = {"draft": args.draft, "draft_tokens": args.draft_tokens, "rounds": stats.rounds,
+                                     "drafted": stats.drafted, "accepted": stats.accepted,
+                                     "acceptance_rate": stats.acceptance_rate,
+                                     "tokens_per_round": stats.tokens_per_round}
+        print(json.dumps(result))
         return
-    for piece in stream(model, tokenizer, prompt, params):
+    for piece in stream(model, tokenizer, prompt, params, **spec):
         print(piece, end="", flush=True)
     print()
+    if draft is not None:
+        stats = spec["stats"]
+        print(f"speculative: {stats.accepted} of {stats.drafted} drafts accepted ({stats.acceptance_rate:.0%}), "
+              f"{stats.tokens_per_round:.2f} tokens per verify pass", file=sys.stderr)
 
 
 def cmd_chat(args):

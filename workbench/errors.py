@@ -77,3 +77,8 @@ class EngineClosedError(WorkbenchError):
 class StudyError(InvalidParameterError):
     """A study that cannot run: a malformed study file (named by line), an unknown spec (named with its
     cell), an unreachable Ray cluster, or a results file written by another code version."""
+
+
+class DraftModelError(WorkbenchError):
+    """A draft model that cannot draft for the target: another vocabulary or tokenizer (named by the
+    first token that differs), or another device."""

@@ -135,6 +135,13 @@ class KVCache:
     def advance(self):
         self.length = self._start + self._new
 
+    def truncate(self, length: int):
+        """Forget every position from `length` on (speculative decoding rolls rejected drafts back);
+        their keys and values are overwritten by the next forward pass."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
+        self.length = length
+
     def last(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, -1:]
 

@@ -6,8 +6,10 @@ from .generate import Completion, generate, generate_ids, stream
 from .loop import EngineLoop, RequestHandle
 from .metrics import request_metrics, summarize
 from .sampling import Sampler, SamplingParams, TokenLogprob
+from .speculative import SpeculativeStats, check_draft, expected_speedup, expected_tokens, speculative_ids
 from .workload import poisson_workload, replay
 
 __all__ = ["Completion", "generate", "generate_ids", "stream", "Sampler", "SamplingParams", "TokenLogprob",
            "Engine", "EngineConfig", "EngineLoop", "RequestHandle", "RequestOutput", "Policy", "POLICIES",
-           "poisson_workload", "replay", "request_metrics", "summarize"]
+           "poisson_workload", "replay", "request_metrics", "summarize",
+           "SpeculativeStats", "check_draft", "expected_speedup", "expected_tokens", "speculative_ids"]

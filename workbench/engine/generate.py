@@ -15,6 +15,7 @@ import torch
 from ..errors import ContextLengthError, InvalidParameterError
 from .detokenizer import Detokenizer
 from .sampling import Sampler, SamplingParams
+from .speculative import SpeculativeStats, speculative_ids
 
 
 @dataclass
@@ -73,14 +74,22 @@ def _prompt_ids(tokenizer, prompt) -> list[int]:
                                 "or a list of token ids")
 
 
-def _run(model, tokenizer, prompts: list, params: SamplingParams):
-    """Drive `generate_ids` for several prompts; yields (trackers, finished flags) after each step."""
+def _run(model, tokenizer, prompts: list, params: SamplingParams, draft=None, draft_tokens: int = 4,
+         stats: SpeculativeStats | None = None):
+    """Drive `generate_ids` (or, with a draft model, `speculative_ids`) for several prompts; yields
+    (trackers, finished flags) after each step."""
     ids = [_prompt_ids(tokenizer, p) for p in prompts]
+    if draft is not None and len(ids) != 1:
+        raise InvalidParameterError(f"speculative decoding runs one prompt at a time, got {len(ids)}")
     trackers = [Detokenizer(tokenizer, params.stop, params.include_stop_str_in_output) for _ in prompts]
     finished = [None] * len(prompts)
     stop_ids = tokenizer.stop_token_ids
     ends = (set() if params.ignore_eos else set(stop_ids)) | set(params.stop_token_ids)
-    for step in generate_ids(model, ids, params, stop_ids):
+    if draft is None:
+        steps = generate_ids(model, ids, params, stop_ids)
+    else:
+        steps = ([t] for t in speculative_ids(model, draft, ids[0], params, draft_tokens, stop_ids, stats))
+    for step in steps:
         for i, token in enumerate(step):
             if token is None or finished[i]:
                 continue
@@ -95,14 +104,18 @@ def _run(model, tokenizer, prompts: list, params: SamplingParams):
             return
 
 
-def generate(model, tokenizer, prompt, params: SamplingParams | None = None):
+def generate(model, tokenizer, prompt, params: SamplingParams | None = None, *, draft=None, draft_tokens: int = 4,
+             stats: SpeculativeStats | None = None):
     """Complete one prompt (str, chat messages or token ids) -> `Completion`;
-    a list of string prompts (or of message lists) -> list of `Completion`, decoded as one batch."""
+    a list of string prompts (or of message lists) -> list of `Completion`, decoded as one batch.
+
+    `draft`: a smaller model with the same tokenizer proposing `draft_tokens` tokens per target pass
+    (speculative decoding, `speculative.py`; one prompt only); `stats` collects its acceptance."""
     params = params or SamplingParams()
     batched = isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt)
     prompts = prompt if batched else [prompt]
     ids, trackers, finished = [], [], []
-    for ids, trackers, finished in _run(model, tokenizer, prompts, params):
+    for ids, trackers, finished in _run(model, tokenizer, prompts, params, draft, draft_tokens, stats):
         pass
     for t in trackers:
         t.finish()
@@ -110,11 +123,12 @@ def generate(model, tokenizer, prompt, params: SamplingParams | None = None):
     return out if batched else out[0]
 
 
-def stream(model, tokenizer, prompt, params: SamplingParams | None = None) -> Iterator[str]:
-    """Yield pieces of text as they are generated for one prompt."""
+def stream(model, tokenizer, prompt, params: SamplingParams | None = None, *, draft=None, draft_tokens: int = 4,
+           stats: SpeculativeStats | None = None) -> Iterator[str]:
+    """Yield pieces of text as they are generated for one prompt (`draft`: as in `generate`)."""
     params = params or SamplingParams()
     tracker = None
-    for _, trackers, _ in _run(model, tokenizer, [prompt], params):
+    for _, trackers, _ in _run(model, tokenizer, [prompt], params, draft, draft_tokens, stats):
         tracker = trackers[0]
         chunk = tracker.ready()
         if chunk:
