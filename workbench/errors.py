@@ -77,3 +77,8 @@ class EngineClosedError(WorkbenchError):
 class StudyError(InvalidParameterError):
     """A study that cannot run: a malformed study file (named by line), an unknown spec (named with its
     cell), an unreachable Ray cluster, or a results file written by another code version."""
+
+
+class AdapterError(InvalidParameterError):
+    """A LoRA request or adapter that does not fit the model: a bad rank/alpha/dropout, an unknown target
+    name, or an adapter whose target names, layers or matrix shapes differ from the model's (named)."""
