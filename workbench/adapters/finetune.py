@@ -23,11 +23,11 @@ from .peft_layout import save_adapter
 
 
 def base_fingerprint(model) -> str:
-    """A hash of every frozen tensor: a resumed run checks that it adapts the same base."""
+    """A hash of the base's tensors (every weight but an adapter's): a resumed run checks that it adapts
+    the same base."""
     digest = hashlib.sha256()
-    tensors = [(n, p) for n, p in model.named_parameters() if not p.requires_grad] + list(model.named_buffers())
-    for name, tensor in sorted(tensors, key=lambda item: item[0]):
-        if "rotary" in name:
+    for name, tensor in sorted(model.state_dict().items()):
+        if ".lora_" in name:
             continue
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())
@@ -36,11 +36,12 @@ def base_fingerprint(model) -> str:
 
 def finetune(model, train_ids: list[int], lora: LoraConfig, config: TrainConfig, *, out_dir: str | Path,
              eval_ids: list[int] | None = None, eval_window: int = 1024, resume: bool = False,
-             base_model: str | None = None, progress: bool = True) -> DistillResult:
+             base_model: str | None = None, progress: bool = True, on_step=None) -> DistillResult:
     """Add a LoRA adapter to `model` (in place), train it on `train_ids` and save it to `out_dir`.
 
     `out_dir` receives the trainer's checkpoint (every `config.checkpoint_every` steps and at the end)
-    and the adapter in PEFT's layout, named after `base_model`. `eval_ids` are scored before and after.
+    and the adapter in PEFT's layout, named after `base_model`. `eval_ids` are scored before and after;
+    `on_step` is called with each step's record (see `distill`).
     """
     if config.loss != "ce":
         raise AdapterError(f"LoRA fine-tuning trains on next-token cross-entropy (loss 'ce'), got {config.loss!r}")
@@ -49,8 +50,11 @@ def finetune(model, train_ids: list[int], lora: LoraConfig, config: TrainConfig,
     base = base_fingerprint(model)  # before the adapters exist: only the base's tensors
     add_lora(model, lora, seed=config.seed)
     identity = {"lora": dataclasses.asdict(lora), "base": base}
+    if not resume:  # dropout draws from torch's global generator: seed it so a run repeats (resume restores it)
+        torch.manual_seed(config.seed)
     result = distill(model, None, train_ids, config, eval_ids=eval_ids, eval_window=eval_window,
-                     checkpoint_dir=out_dir, resume=resume, progress=progress, run_identity=identity)
+                     checkpoint_dir=out_dir, resume=resume, progress=progress, on_step=on_step,
+                     run_identity=identity)
     save_adapter(model, out_dir, base_model)
     return result
 
