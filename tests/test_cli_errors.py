@@ -104,6 +104,17 @@ CASES = [
     (["distill", *TINY, "--student", "layers:1", "--steps", "1", "--quant", "int8"], "quantize"),
     (["distill", *TINY, "--student", "layers:1", "--steps", "1", "--seq-len", "16", "--batch-size", "1",
       "--eval-tokens", "32", "--eval-window", "16", "--resume", "FOREIGN"], "checkpoint"),
+    (["finetune", "--steps", "1"], "--out"),
+    (["finetune", *TINY, "--steps", "1", "--out", "TMP/a", "--lora", "r=0"], "rank"),
+    (["finetune", *TINY, "--steps", "1", "--out", "TMP/a", "--lora", "r=8,beta=2"], "beta"),
+    (["finetune", *TINY, "--steps", "1", "--out", "TMP/a", "--target", "q_proj,lm_head"], "lm_head"),
+    (["finetune", *TINY, "--steps", "0", "--out", "TMP/a"], "steps"),
+    (["finetune", *TINY, "--steps", "1", "--out", "FOREIGN"], "--resume"),
+    (["finetune", *TINY, "--steps", "1", "--out", "TMP/none", "--resume"], "nothing to resume"),
+    (["finetune", *TINY, "--steps", "1", "--out", "TMP/a", "--quant", "w8a8", "--seq-len", "8",
+      "--batch-size", "1", "--eval-tokens", "16", "--eval-window", "8"], "w8a8"),
+    (["merge", "TMP", "--out", "TMP/m"], "adapter_config.json"),
+    (["merge", "TMP"], "--out"),
 ]
 
 

@@ -189,6 +189,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=None, metavar="CSV", help="append the run's row to this CSV")
     _model_args(p)
 
+    p = sub.add_parser("finetune", help="train a LoRA adapter on the model (PEFT's layout; --quant: a frozen quantized base)")
+    p.add_argument("--lora", default="r=8,alpha=16", help="r=INT,alpha=FLOAT[,dropout=FLOAT][,rslora=1] (default r=8,alpha=16)")
+    p.add_argument("--target", default="q_proj,v_proj", help="projections to adapt, comma-separated, or all-linear "
+                                                             "(default q_proj,v_proj)")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--out", required=True, metavar="DIR", help="adapter and training checkpoint go here")
+    p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
+    p.add_argument("--checkpoint-every", type=int, default=10)
+    p.add_argument("--text-file", action="append", default=None, help="training text (default: built-in train part)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=5, help="learning-rate warm-up steps")
+    p.add_argument("--autocast", default=None, choices=["bfloat16", "float16"], help="mixed-precision matmuls")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-tokens", type=int, default=4096, help="evaluation tokens for ppl_before/ppl_after")
+    p.add_argument("--eval-window", type=int, default=1024)
+    _model_args(p)
+
+    p = sub.add_parser("merge", help="fold a LoRA adapter into its base: a plain model directory")
+    p.add_argument("adapter", metavar="ADAPTER", help="adapter directory (adapter_config.json + adapter_model.safetensors)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the merged model (Hugging Face directory)")
+    p.add_argument("--model", default=None, help="the base (default: the one the adapter names)")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
     from .serve.options import add_arguments as _serve_args
 
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server: completions, chat, metrics, a chat page",
@@ -548,6 +575,54 @@ def cmd_distill(args):
                      f"after {result.steps} steps, {result.tokens} tokens, {result.tokens_per_s:.0f} tok/s")
 
 
+def cmd_finetune(args):
+    from pathlib import Path
+
+    from .adapters import finetune, parse_lora_spec, trainable_parameters
+    from .corpus import builtin_text
+    from .distill import TrainConfig, training_ids
+
+    lora = parse_lora_spec(args.lora, args.target)
+    _positive("--eval-tokens", args.eval_tokens, 2)
+    _positive("--checkpoint-every", args.checkpoint_every, 0)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, seq_len=args.seq_len,
+                         loss="ce", lr=args.lr, warmup_steps=args.warmup, seed=args.seed, autocast=args.autocast,
+                         checkpoint_every=args.checkpoint_every)
+    from .distill.trainer import CHECKPOINT
+
+    if not args.resume and (Path(args.out) / CHECKPOINT).is_file():
+        raise InvalidParameterError(f"{args.out} holds a training checkpoint already: --resume continues that run, "
+                                    "or choose another --out")
+    model, tokenizer = _load(args)
+    train_ids = training_ids(tokenizer, args.text_file or "builtin")
+    eval_ids = tokenizer.encode(builtin_text("evaluation"), add_special_tokens=False)[:args.eval_tokens]
+    result = finetune(model, train_ids, lora, config, out_dir=args.out, eval_ids=eval_ids, eval_window=args.eval_window,
+                      resume=args.resume, base_model=args.model, progress=not args.json)
+    out = {"adapter": args.out, "base": args.model, "quant": args.quant, "lora": args.lora,
+           "target_modules": list(lora.target_modules), "trainable_parameters": sum(p.numel() for p in
+                                                                                    trainable_parameters(model)),
+           "steps": result.steps, "tokens": result.tokens, "ppl_before": result.ppl_before,
+           "ppl_after": result.ppl_after, "wall_s": result.wall_s, "tokens_per_s": result.tokens_per_s}
+    _emit(args, out, f"LoRA {args.lora} on {','.join(lora.target_modules)}: ppl {result.ppl_before:.2f} -> "
+                     f"{result.ppl_after:.2f} after {result.steps} steps ({out['trainable_parameters']} trainable "
+                     f"parameters); adapter in {args.out}")
+
+
+def cmd_merge(args):
+    from .adapters import load_adapter, merge_lora, read_adapter_config
+    from .checkpoints import load_model, save_pretrained
+
+    _, raw = read_adapter_config(args.adapter)
+    base = args.model or raw.get("base_model_name_or_path")
+    if not base:
+        raise InvalidParameterError(f"{args.adapter} names no base model; give it with --model")
+    model, tokenizer = load_model(base, dtype=args.dtype)
+    merge_lora(load_adapter(model, args.adapter))
+    save_pretrained(model, args.out, tokenizer)
+    _emit(args, {"adapter": args.adapter, "base": base, "saved_to": args.out, "parameters": model.num_parameters()},
+          f"merged {args.adapter} into {base}: {args.out}")
+
+
 def cmd_serve(args):
     from .serve.options import config_from_args
 
@@ -572,6 +647,7 @@ def cmd_eval(args):
 COMMANDS = {"info": cmd_info, "generate": cmd_generate, "chat": cmd_chat, "ppl": cmd_ppl,
             "bench": cmd_bench, "export": cmd_export, "quant": cmd_quant, "prune": cmd_prune, "verify": cmd_verify,
             "distill": cmd_distill, "serve": cmd_serve, "study": cmd_study,
+            "finetune": cmd_finetune, "merge": cmd_merge,
             "eval": cmd_eval}
 
 

@@ -82,3 +82,8 @@ class StudyError(InvalidParameterError):
 class DraftModelError(WorkbenchError):
     """A draft model that cannot draft for the target: another vocabulary or tokenizer (named by the
     first token that differs), or another device."""
+
+
+class AdapterError(InvalidParameterError):
+    """A LoRA request or adapter that does not fit the model: a bad rank/alpha/dropout, an unknown target
+    name, or an adapter whose target names, layers or matrix shapes differ from the model's (named)."""

@@ -4,6 +4,10 @@ AdamW, linear warm-up then cosine decay, gradient clipping, gradient accumulatio
 order, tqdm progress, periodic evaluation with `workbench.eval.perplexity`, and atomic checkpoints
 (student, optimizer, scheduler, RNG, step = data position) from which an interrupted run resumes
 to exactly the weights an uninterrupted run reaches.
+
+Only parameters that require gradients train: a student with frozen parts (a LoRA adapter on a
+frozen base, `workbench.adapters`) trains, and checkpoints, just its trainable tensors. With the
+hard-label loss ("ce") no teacher is needed (`teacher=None`): plain next-token fine-tuning.
 """
 
 from __future__ import annotations
@@ -131,15 +135,20 @@ class _HiddenStates:
 
 def distill(student, teacher, train_ids: list[int], config: TrainConfig, *, eval_ids: list[int] | None = None,
             eval_window: int = 1024, checkpoint_dir: str | Path | None = None, resume: bool = False,
-            progress: bool = True, on_step=None) -> DistillResult:
+            progress: bool = True, on_step=None, run_identity: dict | None = None) -> DistillResult:
     """Train `student` (in place) to imitate `teacher` on `train_ids`; see TrainConfig for the knobs.
 
     `eval_ids`: token ids scored with `perplexity` (window `eval_window`) before, every
     `config.eval_every` steps, and after. `checkpoint_dir`: where checkpoints go (atomically);
     `resume=True` continues from the checkpoint there, refusing one from another run. `on_step`
     is called with each step's record. Ctrl-C (KeyboardInterrupt) saves a checkpoint, then re-raises.
+    `teacher` may be None when the loss needs none ("ce"). `run_identity`: more that a resumed run
+    must share with the checkpoint (a caller's own settings, such as an adapter's rank and base).
     """
-    if student.config.vocab_size != teacher.config.vocab_size:
+    if teacher is None and config.needs_teacher():
+        raise DistillationError(f"loss {config.loss!r}{' with hidden_weight' * (config.hidden_weight > 0)} compares "
+                                "with a teacher; give one, or train with the hard-label loss 'ce'")
+    if teacher is not None and student.config.vocab_size != teacher.config.vocab_size:
         raise DistillationError(f"student vocabulary ({student.config.vocab_size}) differs from the teacher's "
                                 f"({teacher.config.vocab_size}): distillation compares them token for token")
     if config.seq_len > student.config.max_position_embeddings:
@@ -155,11 +164,16 @@ def distill(student, teacher, train_ids: list[int], config: TrainConfig, *, eval
                                     f"{teacher.config.num_hidden_layers}")
         projection = HiddenProjection(student.config.hidden_size, teacher.config.hidden_size).to(device)
         pairs = evenly_spaced(teacher.config.num_hidden_layers, student.config.num_hidden_layers)
-    params = list(student.parameters()) + (list(projection.parameters()) if projection is not None else [])
+    params = ([p for p in student.parameters() if p.requires_grad]
+              + (list(projection.parameters()) if projection is not None else []))
+    if not params:
+        raise DistillationError("the student has no parameter that requires a gradient: nothing to train")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
     identity = {"student_config": dataclasses.asdict(student.config), "data": fingerprint(train_ids),
                 "train_config": {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_CHANGES}}
+    if run_identity is not None:
+        identity["run"] = run_identity
 
     def evaluate():
         if eval_ids is None:
@@ -182,7 +196,8 @@ def distill(student, teacher, train_ids: list[int], config: TrainConfig, *, eval
             _save_checkpoint(checkpoint_dir, identity, state, student, projection, optimizer, scheduler)
 
     student.train()
-    teacher.eval()
+    if teacher is not None:
+        teacher.eval()
     autocast = (torch.autocast(device.type, dtype=getattr(torch, config.autocast)) if config.autocast
                 else contextlib.nullcontext())
     student_hidden = _HiddenStates(student, range(student.config.num_hidden_layers)) if pairs else None
@@ -191,7 +206,8 @@ def distill(student, teacher, train_ids: list[int], config: TrainConfig, *, eval
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.steps, initial=state["step"], desc=f"distill ({config.loss})", unit="step")
+        task = "distill" if teacher is not None else "train"
+        bar = tqdm(total=config.steps, initial=state["step"], desc=f"{task} ({config.loss})", unit="step")
     try:
         while state["step"] < config.steps:
             step = state["step"]
@@ -253,7 +269,7 @@ def distill(student, teacher, train_ids: list[int], config: TrainConfig, *, eval
 
 
 def _save_checkpoint(directory, identity, state, student, projection, optimizer, scheduler):
-    payload = {"identity": identity, "state": state, "student": student.state_dict(),
+    payload = {"identity": identity, "state": state, "student": _trained_state(student),
                "projection": projection.state_dict() if projection is not None else None,
                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                "rng": torch.get_rng_state()}
@@ -277,19 +293,33 @@ def _load_checkpoint(directory, identity, student, projection, optimizer, schedu
         raise ResumeError(f"{path}: not a workbench distillation checkpoint (missing: "
                           f"{', '.join(sorted(missing)) or 'identity fields'})")
     saved = payload["identity"]
-    for key, what in (("student_config", "student"), ("train_config", "training settings"), ("data", "training data")):
-        if saved[key] != identity[key]:
+    for key, what in (("student_config", "student"), ("train_config", "training settings"), ("data", "training data"),
+                      ("run", "run settings")):
+        if key in identity and saved[key] != identity[key]:
             diff = saved[key] if not isinstance(saved[key], dict) else {
                 k: (v, identity[key].get(k)) for k, v in saved[key].items() if identity[key].get(k) != v}
             raise ResumeError(f"{path} belongs to another run: its {what} differ(s) "
                               f"(checkpoint vs now: {diff}); resume with the same student, settings and data")
-    student.load_state_dict(payload["student"])
+    trained = _trained_state(student)
+    if set(payload["student"]) != set(trained):
+        raise ResumeError(f"{path} belongs to another run: it holds other trained tensors than this student "
+                          f"({len(payload['student'])} vs {len(trained)})")
+    student.load_state_dict(payload["student"], strict=len(trained) == len(student.state_dict()))
     if projection is not None:
         projection.load_state_dict(payload["projection"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     torch.set_rng_state(payload["rng"])
     return payload["state"]
+
+
+def _trained_state(student) -> dict:
+    """What a checkpoint keeps of the student: everything, or only the trainable tensors when parts are frozen."""
+    state = student.state_dict()
+    if all(p.requires_grad for p in student.parameters()):
+        return state
+    names = {name for name, p in student.named_parameters() if p.requires_grad}
+    return {k: v for k, v in state.items() if k in names}
 
 
 def append_results_row(path: str | Path, row: dict):
