@@ -77,3 +77,8 @@ class EngineClosedError(WorkbenchError):
 class StudyError(InvalidParameterError):
     """A study that cannot run: a malformed study file (named by line), an unknown spec (named with its
     cell), an unreachable Ray cluster, or a results file written by another code version."""
+
+
+class CalibrationSpecError(InvalidParameterError):
+    """A calibration set that cannot be drawn: a malformed `--calib` spec (an unknown source, a bad
+    token count), or a part that gives fewer tokens than it asks for."""
