@@ -106,7 +106,8 @@ def _parse_part(text: str) -> CalibrationPart:
         raise CalibrationSpecError(f"unknown calibration source {name!r} (accepted: {', '.join(_sources())}; "
                                    "e.g. builtin:2048 or builtin:1024+generated:1024)")
     if sep and not tail:
-        raise CalibrationSpecError(f"calibration part {text!r}: a ':' must be followed by a token count")
+        raise CalibrationSpecError(f"calibration part {text!r}: a ':' must be followed by a token count "
+                                   "(e.g. builtin:2048)")
     return CalibrationPart(name, _count(tail, text) if sep else None)
 
 
