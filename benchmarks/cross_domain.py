@@ -12,12 +12,18 @@ of magnitude's increase, and every calibrated method that scores worse than its 
 
     .venv/bin/python benchmarks/cross_domain.py [--methods int4-g128-gptq ...] [--calib builtin licenses]
     .venv/bin/python benchmarks/cross_domain.py --quick      # smoke run: writes cross_domain_quick.*
+    .venv/bin/python benchmarks/cross_domain.py --merge data/results/cross_domain_part2.csv   # join side-by-side parts
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pandas as pd
+
 import workbench
-from workbench.bench.cross_domain import METHOD, METHODS, NONE, calibrated, cross_domain_table, targets
+from workbench.bench.cross_domain import (METHOD, METHODS, NONE, add_comparisons, calibrated, cross_domain_table,
+                                          targets)
 from workbench.bench.flags import benchmark_parser, parse_benchmark_args
 from workbench.bench.timing import run_end, run_info
 from workbench.io import atomic_write_json, atomic_write_text
@@ -45,6 +51,11 @@ def main(argv=None):
     parser.add_argument("--calib-tokens", type=int, default=None, help="tokens per calibration set (full 2048)")
     parser.add_argument("--eval-tokens", type=int, default=None, help="evaluation tokens per corpus (full 8192)")
     parser.add_argument("--window", type=int, default=None, help="perplexity window (full 1024)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows of --out's CSV (same sizes) and run only the cells it lacks")
+    parser.add_argument("--merge", nargs="*", default=None, metavar="CSV",
+                        help="run nothing: join these results files (same sizes, e.g. parts run side by side) "
+                             "with --out's, recompute the comparisons and targets, write --out")
     args = parse_benchmark_args(parser, argv)
     model, tok = workbench.load_model(args.model)
     info = run_info()
@@ -60,8 +71,19 @@ def main(argv=None):
                                                "targets": targets(frame), "run": run_end(dict(info)),
                                                "rows": frame.to_dict("records")})
 
+    if args.merge is not None:
+        parts = [pd.read_csv(f) for f in [args.out + ".csv", *args.merge] if Path(f).is_file()]
+        joined = pd.concat(parts).drop_duplicates(["method", "calib", "corpus"])
+        if joined.tokens.nunique() != 1:
+            parser.error(f"--merge: the files scored different numbers of tokens ({sorted(joined.tokens.unique())})")
+        info["merged"] = [args.out + ".csv", *args.merge]
+        save(add_comparisons(joined[["method", "calib", "corpus", "ppl", "compress_s", "tokens"]]))
+        return
+    done = None
+    if args.resume and Path(args.out + ".csv").is_file():
+        done = pd.read_csv(args.out + ".csv")
     frame = cross_domain_table(model, tok, cells(args.methods, args.calib, args.calib_tokens),
-                               eval_tokens=args.eval_tokens, window=args.window, on_row=save)
+                               eval_tokens=args.eval_tokens, window=args.window, on_row=save, done=done)
     print(frame[["method", "calib", "corpus", "ppl", "ppl_vs_float32", "gap_closed", "worse_than_peer"]]
           .to_markdown(index=False, floatfmt=".3f"))
     for t in targets(frame):

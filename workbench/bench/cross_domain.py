@@ -82,15 +82,20 @@ def _source_corpora(calib: str) -> set[str]:
 
 
 def cross_domain_table(model, tokenizer, cells, *, corpora=tuple(CORPORA), eval_tokens: int = 4096,
-                       window: int = 1024, on_row=None) -> pd.DataFrame:
+                       window: int = 1024, on_row=None, done: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (method, calibration set, corpus) of `cells` [(method label, calib spec or "none")]:
     ppl, ppl_vs_float32, compress_s, and the peer columns of `add_comparisons`. `on_row(rows)` is
-    called after each cell (to save partial results). The float32 reference is always scored."""
+    called after each cell (to save partial results). The float32 reference is always scored, unless
+    `done` (rows of an earlier run with the same sizes) holds it; cells in `done` are kept, not re-run."""
     ids = {c: tokenizer.encode(corpus_text(c, "evaluation"), add_special_tokens=False)[:eval_tokens] for c in corpora}
-    rows = [{"method": FLOAT, "calib": NONE, "corpus": c, "ppl": perplexity(model, ids[c], window=window).ppl,
-             "compress_s": 0.0, "tokens": len(ids[c])} for c in corpora]
+    keep = ["method", "calib", "corpus", "ppl", "compress_s", "tokens"]
+    rows = [] if done is None else done[keep].to_dict("records")
+    finished = {(r["method"], r["calib"]) for r in rows}
+    if (FLOAT, NONE) not in finished:
+        rows = [{"method": FLOAT, "calib": NONE, "corpus": c, "ppl": perplexity(model, ids[c], window=window).ppl,
+                 "compress_s": 0.0, "tokens": len(ids[c])} for c in corpora] + rows
     for label, calib in cells:
-        if label == FLOAT:
+        if label == FLOAT or (label, calib) in finished:
             continue
         build = METHODS[label][2]
         start = now()
@@ -132,7 +137,8 @@ def targets(frame: pd.DataFrame) -> list[dict]:
         worst = float(g.ppl_vs_float32.max())
         out.append({"target": f"{m}: ppl within +0.5% of float32 on every corpus", "worst": worst,
                     "met": worst <= 0.005})
-    int4 = frame[(frame.method.str.startswith("int4-g128-")) & ~frame.calib_in_corpus & (frame.calib != NONE)]
+    int4 = frame[(frame.method.str.startswith("int4-g128-")) & ~frame.calib_in_corpus & (frame.calib != NONE)
+                 & frame.gap_closed.notna()]
     if len(int4):
         best = int4.groupby("corpus").gap_closed.max()
         cells = {c: int4.loc[int4[int4.corpus == c].gap_closed.idxmax(), ["method", "calib"]].tolist() for c in best.index}
@@ -142,7 +148,7 @@ def targets(frame: pd.DataFrame) -> list[dict]:
                     "best_per_corpus": {c: {"gap_closed": float(best[c]), "method": cells[c][0], "calib": cells[c][1]}
                                         for c in best.index}})
     for m in ("wanda:0.5", "sparsegpt:0.5"):
-        g = frame[frame.method == m]
+        g = frame[(frame.method == m) & frame.of_peer_increase.notna()]
         if len(g):
             worst = float(g.of_peer_increase.max())
             out.append({"target": f"{m}: within half of magnitude:0.5's ppl increase on every corpus and calibration set",
