@@ -37,6 +37,14 @@ def _gptq_head(head_method: str, act_order: bool = True):
     return build
 
 
+def _int8_clipped(model, tokenizer, calib):
+    """int8 per channel with each row's clipping range searched for the least squared weight error."""
+    from ..quant import quantize_
+    from ..quant.api import Int8WeightOnlyConfig
+
+    return quantize_(model, Int8WeightOnlyConfig(observer="mse"))
+
+
 def _quant(spec):
     def build(model, tokenizer, calib):
         from ..quant import quantize_
@@ -57,7 +65,7 @@ def _prune(spec):
 METHODS = {
     FLOAT: ("float", None, None),
     "int8": ("int8", None, _quant("int8")),
-    "int8-mse": ("int8", None, _quant("int8-mse")),
+    "int8-mse": ("int8", None, _int8_clipped),
     "q8_0": ("int8", None, _quant("q8_0")),
     "int4-g128": ("int4", None, _quant("int4-g128")),
     "int4-g128-gptq": ("int4", "int4-g128", _quant("int4-g128-gptq")),

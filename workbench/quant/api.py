@@ -82,7 +82,6 @@ from .smoothquant import SmoothQuantConfig  # noqa: E402
 # spec -> (config, one-line description)
 SPECS = {
     "int8": (Int8WeightOnlyConfig(), "int8 weight-only, symmetric per output channel"),
-    "int8-mse": (Int8WeightOnlyConfig("mse"), "int8 weight-only per output channel, clipping searched per row (MSE)"),
     "int4-g32": (Int4WeightOnlyConfig(32), "int4 weight-only, asymmetric, groups of 32 inputs, round-to-nearest"),
     "int4-g64": (Int4WeightOnlyConfig(64), "int4 weight-only, asymmetric, groups of 64, round-to-nearest"),
     "int4-g128": (Int4WeightOnlyConfig(128), "int4 weight-only, asymmetric, groups of 128, round-to-nearest"),
