@@ -77,8 +77,8 @@ def test_the_clock_flag_where_a_script_sizes_it():
     assert parse_benchmark_args(benchmark_parser("doc", "demo", full={"clock": "wall"}), []).clock == "wall"
 
 
-SCRIPTS = ["batching", "decode_vs_transformers", "distillation", "evaluation", "kernels", "kv_cache", "lora", "parallel",
-           "pruning", "quantization_ppl", "serving", "speculative"]
+SCRIPTS = ["batching", "cross_domain", "decode_vs_transformers", "distillation", "evaluation", "kernels", "kv_cache",
+           "lora", "parallel", "pruning", "quantization_ppl", "serving", "speculative"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -120,3 +120,113 @@ def test_hooks_removed_when_forward_fails(tiny):
     finally:
         boom.remove()
     assert _hook_count(model) == 0
+
+
+# ------------------------------------------------------------------ calibration sets: every method reads `calib`
+
+import copy  # noqa: E402
+import dataclasses  # noqa: E402
+
+from workbench.corpus import calibration_token_ids, licenses_text  # noqa: E402
+from workbench.errors import CalibrationSpecError, PruningError  # noqa: E402
+from workbench.prune import prune_  # noqa: E402
+from workbench.quant import config_from_spec  # noqa: E402
+from workbench.quant.linear import QuantizedLinear  # noqa: E402
+
+CALIB = "licenses:128"
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("spec", ["int4-g128-gptq", "int4-g128-awq", "w8a8-smoothquant"])
+def test_every_calibrated_quant_method_reads_the_calibration_set(tiny, spec):
+    """calib=SPEC gives the model calibration_text=<its tokens> gives, and not the default (built-in) one."""
+    model, tok = tiny
+    ids = calibration_token_ids(CALIB, tok)
+    config = dataclasses.replace(config_from_spec(spec), calibration_tokens=len(ids), window=64)
+    via_spec = quantize_(copy.deepcopy(model), config, tokenizer=tok, calib=CALIB)
+    via_ids = quantize_(copy.deepcopy(model), config, tokenizer=tok, calibration_text=ids)
+    default = quantize_(copy.deepcopy(model), config, tokenizer=tok)
+    assert _same_weights(via_spec, via_ids)
+    assert not _same_weights(via_spec, default)
+    with pytest.raises(InvalidParameterError, match="not both"):
+        quantize_(copy.deepcopy(model), config, tokenizer=tok, calib=CALIB, calibration_text=ids)
+
+
+def test_uncounted_parts_share_the_methods_size(tiny):
+    model, tok = tiny
+    config = dataclasses.replace(config_from_spec("w8a8-smoothquant"), calibration_tokens=128, window=64)
+    ids = calibration_token_ids("licenses:64+builtin:64", tok)
+    a = quantize_(copy.deepcopy(model), config, tokenizer=tok, calib="licenses+builtin")
+    b = quantize_(copy.deepcopy(model), config, tokenizer=tok, calibration_text=ids)
+    assert _same_weights(a, b)
+    with pytest.raises(CalibrationSpecError, match="unknown calibration source"):
+        quantize_(copy.deepcopy(model), config, tokenizer=tok, calib="wikipedia")
+    plain = quantize_(copy.deepcopy(model), "int8", calib="wikipedia")  # data-free: the set is not read
+    assert isinstance(plain.lm_head, QuantizedLinear)
+
+
+@pytest.mark.parametrize("spec", ["wanda:0.5", "sparsegpt:0.5", "mlp:0.25"])
+def test_every_calibrated_pruning_method_reads_the_calibration_set(tiny, spec):
+    model, tok = tiny
+    ids = calibration_token_ids(CALIB, tok)
+    extra = {} if spec.startswith("mlp") else {"window": 64}
+    via_spec = prune_(copy.deepcopy(model), spec, tokenizer=tok, calib=CALIB, **extra)
+    via_ids = prune_(copy.deepcopy(model), spec, tokenizer=tok, calibration_text=ids, calibration_tokens=len(ids),
+                     **extra)
+    default = prune_(copy.deepcopy(model), spec, tokenizer=tok, calibration_tokens=len(ids), **extra)
+    assert _same_weights(via_spec, via_ids) and not _same_weights(via_spec, default)
+    with pytest.raises(PruningError, match="not both"):
+        prune_(copy.deepcopy(model), spec, tokenizer=tok, calib=CALIB, calibration_text=ids)
+
+
+def test_sensitivity_scans_score_on_the_calibration_set(tiny):
+    """Pruning sensitivity and the mixed-precision scan measure on the calibration set, never evaluation text."""
+    from workbench.eval import perplexity
+    from workbench.prune.sensitivity import sensitivity
+    from workbench.study.mixed import sensitivity_scan
+
+    model, tok = tiny
+    kwargs = dict(sparsities=(0.5,), layers=[0], method="magnitude", max_tokens=128, window=64, progress=False)
+    via_spec = sensitivity(model, tok, calib=CALIB, **kwargs)
+    via_text = sensitivity(model, tok, text=licenses_text("calibration"), **kwargs)
+    assert via_spec.ppl.tolist() == via_text.ppl.tolist()
+    assert sensitivity(model, tok, **kwargs).ppl.tolist() != via_spec.ppl.tolist()  # default: evaluation text
+    wanda = dict(kwargs, method="wanda")
+    assert sensitivity(model, tok, calib=CALIB, **wanda).ppl.tolist() != \
+        sensitivity(model, tok, text=licenses_text("calibration"), **wanda).ppl.tolist()  # wanda reads calib too
+    with pytest.raises(PruningError, match="not both"):
+        sensitivity(model, tok, calib=CALIB, text="x", **kwargs)
+    scan = sensitivity_scan(model, tok, tokens=64, window=64, calib="licenses:64", matrices=["lm_head"])
+    ids = calibration_token_ids("licenses:64", tok)
+    assert scan.ppl_base.iloc[0] == perplexity(model, ids, window=64).ppl
+
+
+def test_the_variant_loader_passes_calib_on(tiny):
+    from workbench.variant import compress_
+
+    model, tok = tiny
+    config = "w8a8-smoothquant"
+    a = compress_(copy.deepcopy(model), tok, quant=config, calib=CALIB)
+    b = quantize_(copy.deepcopy(model), config, tokenizer=tok, calib=CALIB)
+    c = compress_(copy.deepcopy(model), tok, quant=config)
+    assert _same_weights(a, b) and not _same_weights(a, c)
+
+
+@pytest.mark.parametrize("head_method, head_type", [("gptq", "Int4WeightOnlyLinear"), ("rtn", "Int4WeightOnlyLinear"),
+                                                    ("int8", "Int8WeightOnlyLinear")])
+def test_gptq_tied_head_choice_is_explicit(tiny, head_method, head_type):
+    from workbench.quant.gptq import GPTQConfig
+    from workbench.quant.linear import Int4WeightOnlyLinear, QuantizedEmbedding
+
+    model, tok = tiny
+    config = GPTQConfig(calibration_tokens=128, window=64, head_method=head_method)
+    q = quantize_(copy.deepcopy(model), config, tokenizer=tok, calib=CALIB)
+    assert type(q.lm_head).__name__ == head_type
+    assert isinstance(q.model.layers[0].mlp.down_proj, Int4WeightOnlyLinear)
+    assert isinstance(q.model.embed_tokens, QuantizedEmbedding) and q.model.embed_tokens.head[0] is q.lm_head
+    rtn_head = Int4WeightOnlyLinear(model.lm_head.weight.detach(), 128).dequantized_weight()
+    assert torch.equal(q.lm_head.dequantized_weight(), rtn_head) == (head_method == "rtn")

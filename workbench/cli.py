@@ -33,6 +33,10 @@ def _model_args(p: argparse.ArgumentParser):
                    help="quantize the weights first (see `workbench quant list`)")
     p.add_argument("--prune", default=None, metavar="SPEC",
                    help="prune the weights first, before any --quant (see `workbench prune list`)")
+    p.add_argument("--calib", default=None, metavar="SPEC",
+                   help="calibration set of calibrated --quant/--prune methods: builtin, licenses, generated, "
+                        "file:PATH, each with an optional :TOKENS, joined by + (e.g. builtin:1024+generated:1024; "
+                        "default builtin)")
     p.add_argument("--kernels", choices=["on", "off"], default="on",
                    help="our CPU kernels for decode-sized products (default on; off: PyTorch's operators only)")
     p.add_argument("--int4-activations", choices=["auto", "int8", "float"], default="auto",
@@ -106,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(p)
 
     p = sub.add_parser("ppl", help="perplexity over fixed windows (see workbench.eval.perplexity)")
-    p.add_argument("--text-file", default=None, help="UTF-8 text (default: the built-in evaluation part)")
+    p.add_argument("--text-file", default=None, help="UTF-8 text (default: the --corpus evaluation part)")
+    p.add_argument("--corpus", default=None, metavar="NAME",
+                   help="score the evaluation part of a named corpus: builtin (default) or licenses")
     p.add_argument("--max-tokens", type=int, default=32768, help="score the first N tokens (default 32768)")
     p.add_argument("--window", type=int, default=1024)
     p.add_argument("--stride", type=int, default=None, help="default: the window (non-overlapping)")
@@ -246,6 +252,11 @@ def _load(args):
     from .variant import load_variant
 
     _check_device(args.device)
+    calib = getattr(args, "calib", None)
+    if calib is not None:
+        from .corpus import parse_calibration
+
+        calib = parse_calibration(calib)  # a bad spec fails before the model loads
     if args.threads is not None:
         _positive("--threads", args.threads)
         torch.set_num_threads(args.threads)
@@ -254,7 +265,7 @@ def _load(args):
     kernels.set_enabled(args.kernels == "on")
     kernels.set_int4_activations(None if args.int4_activations == "auto" else args.int4_activations)
     return load_variant(args.model, dtype=args.dtype, device=args.device, prune=getattr(args, "prune", None),
-                        quant=getattr(args, "quant", None), kernels=args.kernels == "on")
+                        quant=getattr(args, "quant", None), kernels=args.kernels == "on", calib=calib)
 
 
 def _check_device(device: str):
@@ -375,19 +386,22 @@ def cmd_chat(args):
 
 
 def cmd_ppl(args):
-    from .corpus import builtin_text, load_text
+    from .corpus import DEFAULT_CORPUS, corpus_text, load_text
     from .eval import perplexity
 
     _positive("--max-tokens", args.max_tokens, 2)
     _positive("--batch-size", args.batch_size)
-    text = load_text(args.text_file) if args.text_file else builtin_text("evaluation")
+    if args.text_file and args.corpus:
+        raise InvalidParameterError("--text-file and --corpus both name the text to score; give one")
+    corpus = args.corpus or DEFAULT_CORPUS
+    text = load_text(args.text_file) if args.text_file else corpus_text(corpus, "evaluation")
     model, tokenizer = _load(args)
     r = perplexity(model, text, tokenizer, window=args.window, stride=args.stride, max_tokens=args.max_tokens,
                    batch_size=args.batch_size, chunk_tokens=args.chunk_tokens, progress=not args.json)
     result = {"ppl": r.ppl, "tokens": r.tokens, "predictions": r.predictions, "window": r.window,
               "stride": r.stride, "chunk_tokens": args.chunk_tokens, "nll": r.nll,
-              "text": args.text_file or "built-in evaluation part", "model": args.model, "dtype": args.dtype,
-              "quant": args.quant, "prune": args.prune}
+              "text": args.text_file or f"{corpus} evaluation part", "model": args.model, "dtype": args.dtype,
+              "quant": args.quant, "prune": args.prune, "calib": args.calib}
     _emit(args, result, f"perplexity {r.ppl:.4f} over {r.predictions} predictions "
                         f"({r.tokens} tokens, window {r.window}, stride {r.stride})")
 

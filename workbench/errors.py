@@ -87,3 +87,8 @@ class DraftModelError(WorkbenchError):
 class AdapterError(InvalidParameterError):
     """A LoRA request or adapter that does not fit the model: a bad rank/alpha/dropout, an unknown target
     name, or an adapter whose target names, layers or matrix shapes differ from the model's (named)."""
+
+
+class CalibrationSpecError(InvalidParameterError):
+    """A calibration set that cannot be drawn: a malformed `--calib` spec (an unknown source, a bad
+    token count), or a part that gives fewer tokens than it asks for."""

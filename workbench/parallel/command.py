@@ -77,11 +77,11 @@ def _part(args, comm, scheme):
     if args.prune:
         from ..prune import prune_
 
-        prune_(model, args.prune, tokenizer=tokenizer)
+        prune_(model, args.prune, tokenizer=tokenizer, calib=getattr(args, "calib", None))
     if args.quant:
         from ..quant import quantize_
 
-        quantize_(model, args.quant, tokenizer=tokenizer)
+        quantize_(model, args.quant, tokenizer=tokenizer, calib=getattr(args, "calib", None))
     return build(comm, model, scheme, kernels=args.kernels == "on"), tokenizer
 
 

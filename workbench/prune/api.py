@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..corpus import calibration_token_ids
 from ..errors import PruningError
 from .magnitude import magnitude_prune_
 from .masks import check_nm, check_sparsity
 from .sparsegpt import sparsegpt_prune_
 from .structured import prune_heads, prune_mlp
-from .wanda import wanda_prune_
+from .wanda import CALIBRATION_TOKENS, wanda_prune_
 
 # method -> (takes N:M, needs calibration text, one-line description)
 SPECS = {
@@ -74,11 +75,13 @@ def parse_spec(spec) -> PruneSpec:
                        f"{'' if takes_nm else f'; {method} takes no N:M pattern'})")
 
 
-def prune_(model, spec, *, tokenizer=None, calibration_text=None, layers=None, **options):
+def prune_(model, spec, *, tokenizer=None, calibration_text=None, calib=None, layers=None, **options):
     """Prune `model` in place by `spec` (a string such as 'wanda:0.5' or a `PruneSpec`); returns the model.
 
     Calibrated methods (wanda, sparsegpt; mlp/heads choose by activations when a tokenizer is given)
-    read `calibration_text` (default: the built-in calibration part) through `tokenizer`. `layers`
+    read `calibration_text` (default: the built-in calibration part) through `tokenizer`, or the
+    calibration set `calib` names (`workbench.corpus.calibration`, e.g. "licenses:2048" or
+    "generated:2048"; uncounted parts share the method's `calibration_tokens`). `layers`
     (names or glob patterns of decoder matrices, e.g. '*.mlp.*') limits unstructured and N:M pruning;
     structured pruning is uniform over layers, so the model keeps one config. `options` go to the
     method's function (e.g. scope, calibration_tokens, damp, multiple_of).
@@ -87,6 +90,12 @@ def prune_(model, spec, *, tokenizer=None, calibration_text=None, layers=None, *
     calibrated = SPECS[spec.method][1]
     if calibrated and tokenizer is None:
         raise PruningError(f"{spec.method} needs calibration text: pass prune_(model, {str(spec)!r}, tokenizer=tok)")
+    if calib is not None and calibrated is not False and tokenizer is not None:
+        if calibration_text is not None:
+            raise PruningError("pass calibration_text or calib, not both")
+        calibration_text = calibration_token_ids(calib, tokenizer, model=model,
+                                                 default_tokens=options.get("calibration_tokens", CALIBRATION_TOKENS))
+        options["calibration_tokens"] = len(calibration_text)
     if spec.method in STRUCTURED:
         if layers is not None:
             raise PruningError(f"{spec.method} pruning is uniform over layers (one model config); `layers` "

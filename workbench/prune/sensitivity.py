@@ -11,22 +11,24 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from ..corpus import builtin_text
+from ..corpus import builtin_text, calibration_token_ids
 from ..errors import PruningError
-from .api import parse_spec, prune_
+from .api import SPECS, parse_spec, prune_
 from .masks import DECODER_LINEARS, check_sparsity, decoder_linears
 
 
 def sensitivity(model, tokenizer, *, sparsities=(0.25, 0.5, 0.75), layers=None, unit: str = "layer",
                 method: str = "magnitude", text=None, max_tokens: int = 1024, window: int = 512,
-                progress: bool = True) -> pd.DataFrame:
+                progress: bool = True, calib=None) -> pd.DataFrame:
     """Perplexity after pruning one unit at a time at each sparsity.
 
     `layers`: decoder layer indices (default all); `unit`: "layer" (its 7 matrices together) or
     "matrix" (each matrix alone); `method`: an unstructured method of `workbench prune list`
     (magnitude, wanda, sparsegpt...). Perplexity on the first `max_tokens` tokens of `text` (default:
     the built-in evaluation part) in windows of `window`. Columns: layer, matrix ("all" for a whole
-    layer), sparsity, ppl, ppl_increase (over the unpruned model's).
+    layer), sparsity, ppl, ppl_increase (over the unpruned model's). `calib` (a calibration set spec,
+    `workbench.corpus.calibration`) replaces the text: its first `max_tokens` tokens are both what a
+    calibrated method reads and what each cut is scored on, so no evaluation text is seen.
     """
     from ..eval import perplexity
 
@@ -39,8 +41,13 @@ def sensitivity(model, tokenizer, *, sparsities=(0.25, 0.5, 0.75), layers=None, 
     layers = list(range(n_layers)) if layers is None else list(layers)
     if any(not isinstance(i, int) or not 0 <= i < n_layers for i in layers):
         raise PruningError(f"layers must be indices in 0..{n_layers - 1}, got {layers}")
-    ids = tokenizer.encode(text if text is not None else builtin_text("evaluation"), add_special_tokens=False)
-    ids = ids[:max_tokens]
+    if calib is not None and text is not None:
+        raise PruningError("pass text or calib, not both")
+    if calib is not None:
+        ids = calibration_token_ids(calib, tokenizer, model=model, default_tokens=max_tokens)[:max_tokens]
+    else:
+        ids = tokenizer.encode(text if text is not None else builtin_text("evaluation"), add_special_tokens=False)
+        ids = ids[:max_tokens]
     base = perplexity(model, ids, window=window).ppl
     units = [(i, m) for i in layers for m in (["all"] if unit == "layer" else DECODER_LINEARS)]
     jobs = [(i, m, s) for i, m in units for s in sparsities]
@@ -53,7 +60,8 @@ def sensitivity(model, tokenizer, *, sparsities=(0.25, 0.5, 0.75), layers=None, 
         pattern = f"model.layers.{i}.*" if matrix == "all" else f"model.layers.{i}.{matrix}"
         saved = {n: m.weight.detach().clone() for n, m in decoder_linears(model, pattern).items()}
         try:
-            prune_(model, f"{method}:{s}", tokenizer=tokenizer, layers=pattern)
+            prune_(model, f"{method}:{s}", tokenizer=tokenizer, layers=pattern,
+                   calibration_text=ids if calib is not None and SPECS[method][1] else None)
             ppl = perplexity(model, ids, window=window).ppl
         finally:
             with torch.no_grad():

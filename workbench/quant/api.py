@@ -5,6 +5,7 @@ Specs name the configs on the command line (`--quant SPEC`); `workbench quant li
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from torch import nn
@@ -103,13 +104,15 @@ def config_from_spec(spec: str):
     return SPECS[spec][0]
 
 
-def quantize_(model, config, filter_fn=None, *, tokenizer=None, calibration_text=None):
+def quantize_(model, config, filter_fn=None, *, tokenizer=None, calibration_text=None, calib=None):
     """Replace every `nn.Linear` of `model` (for which `filter_fn(name, module)` is true) in place.
 
     Calibrated methods (configs with `needs_calibration`: GPTQ, AWQ, SmoothQuant) first run
     calibration text through the model: `tokenizer` is then required, and `calibration_text` (a
-    string or token ids) defaults to the calibration half of the built-in corpus. Other configs
-    ignore both.
+    string or token ids) defaults to the calibration half of the built-in corpus. `calib` names a
+    calibration set instead (`workbench.corpus.calibration`: e.g. "licenses", "generated:2048",
+    "builtin:1024+file:notes.txt:1024"); its parts without a count share the config's
+    `calibration_tokens`. Other configs ignore all three.
 
     With tied embeddings and a quantized head, the token embedding reads its rows from the same
     quantized matrix, so the largest tensor is stored once, quantized. Returns the model.
@@ -120,6 +123,14 @@ def quantize_(model, config, filter_fn=None, *, tokenizer=None, calibration_text
     if any(isinstance(m, QuantizedLinear) for m in model.modules()):
         raise InvalidParameterError("this model is already quantized; quantize a float model (load it again)")
     if getattr(config, "needs_calibration", False):
+        if calib is not None:
+            if calibration_text is not None:
+                raise InvalidParameterError("pass calibration_text or calib, not both")
+            from ..corpus import calibration_token_ids
+
+            calibration_text = calibration_token_ids(calib, tokenizer, model=model,
+                                                     default_tokens=config.calibration_tokens)
+            config = dataclasses.replace(config, calibration_tokens=len(calibration_text))
         # GPTQ replaces decoder Linears itself; AWQ/SmoothQuant fold scales, and the loop below quantizes.
         config.calibrate(model, tokenizer=tokenizer, calibration_text=calibration_text, filter_fn=filter_fn)
     for parent_name, parent in list(model.named_modules()):
@@ -129,7 +140,8 @@ def quantize_(model, config, filter_fn=None, *, tokenizer=None, calibration_text
                 continue
             if filter_fn is not None and not filter_fn(full, child):
                 continue
-            layer = config.make(child.weight.detach())
+            make = getattr(config, "make_head", config.make) if full == "lm_head" else config.make
+            layer = make(child.weight.detach())
             setattr(parent, name, layer.to(child.weight.device))
     if model.config.tie_word_embeddings and isinstance(model.lm_head, QuantizedLinear):
         model.model.embed_tokens = QuantizedEmbedding(model.lm_head)

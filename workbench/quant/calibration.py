@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..corpus import builtin_text
+from ..corpus import calibration_token_ids
 from ..errors import EmptyTextError, InvalidParameterError
 from .linear import QuantizedLinear
 from .math import excess_kurtosis
@@ -93,7 +93,8 @@ def collect_activations(model, tokenizer, text: str | None = None, *, max_tokens
                         layers=None, sample_tokens: int = 128, seed: int = 0) -> dict[str, ActivationStats]:
     """Per-layer input statistics over calibration text: {layer name: `ActivationStats`}.
 
-    `text` defaults to the built-in calibration text; it is tokenized without special tokens and cut
+    `text` (a string or token ids) defaults to the built-in calibration text; a string is tokenized
+    without special tokens; the ids are cut
     to its first `max_tokens` tokens, which run in non-overlapping windows of `window` tokens (the
     last one may be shorter, a text shorter than one window runs as a single window, and a window
     longer than the model's context is cut to the context). `layers` is None (every linear layer,
@@ -111,8 +112,11 @@ def collect_activations(model, tokenizer, text: str | None = None, *, max_tokens
     if not isinstance(sample_tokens, int) or sample_tokens < 1:
         raise InvalidParameterError(f"sample_tokens must be a positive integer, got {sample_tokens!r}")
     if text is None:
-        text = builtin_text("calibration")
-    ids = tokenizer.encode(text, add_special_tokens=False)[:max_tokens]
+        ids = calibration_token_ids("builtin", tokenizer, default_tokens=max_tokens)
+    elif isinstance(text, str):
+        ids = tokenizer.encode(text, add_special_tokens=False)[:max_tokens]
+    else:
+        ids = [int(i) for i in text][:max_tokens]
     if len(ids) < MIN_TOKENS:
         raise EmptyTextError(f"calibration text too short: it gives {len(ids)} tokens, at least {MIN_TOKENS} "
                              "are needed (pass more text, or text=None for the built-in calibration text)")

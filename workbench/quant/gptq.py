@@ -40,12 +40,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..corpus import builtin_text
+from ..corpus import calibration_token_ids
 from ..errors import InvalidParameterError
-from .linear import Int4WeightOnlyLinear, QuantizedLinear
+from .linear import Int4WeightOnlyLinear, Int8WeightOnlyLinear, QuantizedLinear
 from .math import calc_qparams
 
 MIN_CALIBRATION_TOKENS = 64
+HEAD_METHODS = ("gptq", "rtn", "int8")  # the output head (the tied embedding too): GPTQ, RTN int4, int8
 
 # Linears of one decoder layer, in the order GPTQ quantizes them ("true sequential").
 SEQUENTIAL_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
@@ -66,8 +67,9 @@ def calibration_ids(model, tokenizer, calibration_text, calibration_tokens: int,
             raise InvalidParameterError("this quantization method needs calibration data: pass "
                                         "quantize_(model, spec, tokenizer=tokenizer) (and optionally calibration_text=...)")
         if calibration_text is None:
-            calibration_text = builtin_text("calibration")
-        ids = tokenizer.encode(calibration_text, add_special_tokens=False)
+            ids = calibration_token_ids("builtin", tokenizer, default_tokens=calibration_tokens)
+        else:
+            ids = tokenizer.encode(calibration_text, add_special_tokens=False)
     else:
         ids = [int(i) for i in calibration_text]
     ids = ids[:calibration_tokens]
@@ -257,8 +259,9 @@ class GPTQConfig:
     corpus) in windows of `window` tokens (CLI default 2048 tokens = 4 x 512). For SmolLM2-135M on a
     busy 2-core CPU that took 7 minutes (the column loop is sequential Python); the GPTQ paper uses
     128 x 2048 tokens of C4.
-    The output head is quantized by GPTQ too (`head_method="gptq"`; "rtn" rounds it to nearest,
-    `include_head=False` keeps it float), see the module docstring.
+    The output head is quantized by GPTQ too (`head_method="gptq"`; "rtn" rounds it to nearest in
+    the same int4 format, "int8" keeps it at 8 bits per output channel, `include_head=False` keeps it
+    float). With tied embeddings the head's choice is the embedding's too, see the module docstring.
     """
 
     group_size: int = 128
@@ -272,12 +275,16 @@ class GPTQConfig:
     needs_calibration = True  # class attribute, not a field: quantize_ passes calibration data
 
     def __post_init__(self):
-        if self.head_method not in ("gptq", "rtn"):
-            raise InvalidParameterError(f"head_method must be 'gptq' or 'rtn', got {self.head_method!r}")
+        if self.head_method not in HEAD_METHODS:
+            raise InvalidParameterError(f"head_method must be one of {', '.join(HEAD_METHODS)}, got {self.head_method!r}")
 
     def make(self, weight):
         """Round-to-nearest fallback (layers outside the decoder, the head with head_method="rtn")."""
         return Int4WeightOnlyLinear(weight, self.group_size)
+
+    def make_head(self, weight):
+        """The output head when GPTQ left it float: int8 per channel ("int8") or int4 RTN ("rtn")."""
+        return Int8WeightOnlyLinear(weight) if self.head_method == "int8" else self.make(weight)
 
     def bits_per_weight(self, in_features: int) -> float:
         return 4 + (32 + 8) / self.group_size

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import StudyError
 from ..eval import perplexity
-from ..corpus import builtin_text
+from ..corpus import builtin_text, calibration_token_ids
 from ..io import atomic_write_text
 from ..model import weight_bytes
 
@@ -65,17 +65,23 @@ def linear_layers(model) -> dict[str, tuple[nn.Module, str, nn.Linear]]:
 
 @torch.inference_mode()
 def sensitivity_scan(model, tokenizer, *, tiers=("int4-g32", "int8", FLOAT), tokens: int = 512,
-                     window: int = 256, unit: str = "matrix", matrices=None, progress: bool = False) -> pd.DataFrame:
+                     window: int = 256, unit: str = "matrix", matrices=None, progress: bool = False,
+                     calib=None) -> pd.DataFrame:
     """One row per unit (`matrix`: its name; a block's name with `unit="block"`; `members`: its
     matrices): parameters, bytes and estimated loss per tier (`bytes_<tier>`, `loss_<tier>`), and the
-    scanned `ppl` with that unit alone at the smallest tier. `matrices` limits the scan to those names."""
+    scanned `ppl` with that unit alone at the smallest tier. `matrices` limits the scan to those names.
+    `calib` (a calibration set spec, `workbench.corpus.calibration`) scores on its first `tokens`
+    tokens instead of the built-in evaluation text, so the plan is chosen without seeing evaluation text."""
     from tqdm.auto import tqdm
 
     if unit not in UNITS:
         raise StudyError(f"unknown sensitivity unit {unit!r} (accepted: {', '.join(UNITS)})")
     configs = tier_configs(tiers)
     lowest = tiers[0]
-    ids = tokenizer.encode(builtin_text("evaluation"), add_special_tokens=False)[:tokens]
+    if calib is not None:
+        ids = calibration_token_ids(calib, tokenizer, model=model, default_tokens=tokens)[:tokens]
+    else:
+        ids = tokenizer.encode(builtin_text("evaluation"), add_special_tokens=False)[:tokens]
     base = perplexity(model, ids, window=window).ppl
     layers = linear_layers(model)
     units: dict[str, list[str]] = {}
@@ -184,7 +190,8 @@ def cached_scan(model, tokenizer, settings: dict, cache_dir: Path | None, key: d
     if file is not None and file.is_file():
         return pd.read_csv(file)
     scan = sensitivity_scan(model, tokenizer, tiers=settings["tiers"], tokens=settings["tokens"],
-                            window=settings["window"], unit=settings.get("unit", "matrix"), progress=progress)
+                            window=settings["window"], unit=settings.get("unit", "matrix"), progress=progress,
+                            calib=settings.get("calib"))
     if file is not None:
         atomic_write_text(file, scan.to_csv(index=False))
     return scan
