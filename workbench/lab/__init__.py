@@ -1,2 +1,3 @@
-"""Notebook aids (top floor): `anatomy` tabulates a checkpoint's weights, `widgets` draws quantization
-error interactively. Logic lives in plain functions the notebooks also call, so it runs headless."""
+"""Notebook aids (top floor): `anatomy` tabulates a checkpoint's weights, `blocks` draws the KV
+block pool, `widgets` draws quantization error interactively. Logic lives in plain functions the
+notebooks also call, so it runs headless."""
