@@ -108,6 +108,13 @@ def available() -> bool:
     return _enabled and build.load() is not None
 
 
+def stream_read(buffer: torch.Tensor) -> float | None:
+    """The sum of a contiguous float32 CPU buffer, read by our streaming kernel on torch's threads
+    (each thread its own contiguous part): a read-bandwidth probe. None when the kernels are off."""
+    ops = build.load() if _enabled else None
+    return None if ops is None else ops.stream_read(buffer)
+
+
 def status() -> dict:
     return {"enabled": _enabled, **build.status(), "int4_activations": int4_activations()}
 
