@@ -1,14 +1,22 @@
 #!/usr/bin/env python
-"""Our engine vs transformers' `generate` (and llama.cpp when installed): prefill and decode speed,
-same run, same prompts, same clock.
+"""Our engine vs transformers and llama.cpp: prefill and decode speed, same run, same prompts, same clock.
 
-Engines, all in one process: ours in float32 and bfloat16 with our CPU kernels and without them
-(PyTorch's operators), transformers in the same dtypes, ours on every quantization spec (`--specs`,
-with kernels), and llama.cpp on the matching GGUF types when `llama_cpp` is importable. For every
-batch size: an untimed warm-up run of each engine (it also records the greedy tokens compared in the
-table; `--warmup-rounds` above 1 adds alternated warm-up rounds), then `--rounds` rounds of one timed
-run of every engine (`workbench.bench.timing.alternate`), so a noisy neighbour on a shared machine
-slows all alike. All are timed the way
+The contenders, all in one process (a list of `Engine`s; a peer is one more function that returns
+one): ours in float32 and bfloat16 with our CPU kernels and without them (PyTorch's operators);
+transformers in the same dtypes, in its usual call (`generate` with a dynamic cache) and in its
+fastest supported ones (`--hf-calls`: a static cache, and a static cache compiled by torch.compile);
+ours on every quantization spec (`--specs`, with kernels); llama.cpp, when llama-cpp-python is
+importable, on GGUFs our exporter writes from the same weights (F32, BF16, and Q8_0 / Q4_0 / Q4_1
+for the matching specs and for our int8 / int4 rows' peers of the same bits), at every batch size
+through its low-level batch API (one sequence id per prompt, its cache cleared every run:
+`workbench.bench.llama_cpp_peer`). Without llama-cpp-python the run says so and runs the rest.
+
+For every batch size: an untimed warm-up run of each engine (it also records the greedy tokens
+compared in the table; `--warmup-rounds` above 1 adds alternated warm-up rounds), then `--rounds`
+rounds of one timed run of every engine and one read-bandwidth measurement (our streaming read
+kernel, `workbench.bench.timing.read_bandwidth_gb_s`), alternated (`workbench.bench.timing.alternate`),
+so a noisy neighbour on a shared machine slows all alike; every row's GB/s is also given as a
+fraction of the bandwidth measured in the same rounds. All are timed the way
 `workbench.bench.decode.METHOD` defines it: prefill = start of the call to the first sampled token,
 decode = first to last sampled token. See benchmarks/README.md.
 
@@ -22,10 +30,9 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import importlib.util
 import os
 import sys
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,10 +46,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from workbench import kernels  # noqa: E402
-from workbench.bench import quantized_copy  # noqa: E402
+from workbench.bench import llama_cpp_peer, quantized_copy  # noqa: E402
 from workbench.bench.decode import METHOD, bench_decode, benchmark_prompts, decode_bytes_per_step  # noqa: E402
 from workbench.bench.flags import benchmark_parser, parse_benchmark_args  # noqa: E402
-from workbench.bench.timing import CLOCKS, alternate, median, run_end, run_info  # noqa: E402
+from workbench.bench.timing import CLOCKS, alternate, median, read_bandwidth_gb_s, run_end, run_info  # noqa: E402
 from workbench.checkpoints import load_model  # noqa: E402
 from workbench.engine import SamplingParams, generate_ids  # noqa: E402
 from workbench.io import atomic_write_json, atomic_write_text  # noqa: E402
@@ -53,43 +60,35 @@ MODEL = "smollm2-135m"
 MARK_START, MARK_END = "<!-- decode-benchmark:start -->", "<!-- decode-benchmark:end -->"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SPECS = ["int8", "int4-g32", "int4-g64", "int4-g128", "q8_0", "q4_0", "q4_1"]
+HF_CALLS = {"generate": {}, "static": {"cache_implementation": "static"},
+            "compile": {"cache_implementation": "static", "compile": True}}
 FULL = {"batches": [1, 8], "prompt_tokens": 512, "new_tokens": 128, "rounds": 3, "warmup_rounds": 1, "specs": SPECS,
-        "kernels": "both", "clock": "wall"}
+        "kernels": "both", "clock": "wall", "hf_calls": list(HF_CALLS)}
 BUSY_LOAD = 1.0  # 1-minute load average above which a run is flagged as measured on a busy machine
-QUICK = {"batches": [1, 2], "prompt_tokens": 32, "new_tokens": 8, "rounds": 1, "specs": ["int8"]}
-LLAMA_CPP_METHOD = (
-    "llama.cpp, only when llama-cpp-python is importable (optional; it compiles for about 6 minutes): our float32 "
-    "model exported with workbench.checkpoints.gguf_export as F32 / Q8_0 / Q4_0 / Q4_1 (the same bytes as our "
-    "q8_0/q4_0/q4_1 specs), Llama(n_threads=threads, n_batch=512), batch 1 only; greedy (top_k=1) through "
-    "Llama.generate on the same prompt ids; prefill = call to first token, decode = first to last token."
-)
+QUICK = {"batches": [1, 2], "prompt_tokens": 32, "new_tokens": 8, "rounds": 1, "specs": ["int8"],
+         "hf_calls": ["generate", "static"]}
+LLAMA_CPP_METHOD = llama_cpp_peer.METHOD
+# llama.cpp's format for each of our weights: the same bytes (float32, bfloat16, q8_0, q4_0, q4_1), or for
+# our own formats the GGUF type of the same bits (int8 per channel: Q8_0; int4 with groups: Q4_0)
+LLAMA_CPP_PEER = {"float32": "F32", "bfloat16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1",
+                  "int8": "Q8_0", "int4-g32": "Q4_0", "int4-g64": "Q4_0", "int4-g128": "Q4_0"}
+BANDWIDTH_MIB, BANDWIDTH_READS = 1024, 3  # per round: the median of 3 reads of a 1 GiB buffer
 
 HF_METHOD = (
     "transformers: LlamaForCausalLM loaded by workbench.verify.load_reference from the same GGUF (float32; "
-    "bfloat16 = a copy cast with .to(torch.bfloat16)), default attention implementation and default (dynamic) "
-    "KV cache, model.generate(input_ids, attention_mask=all ones, do_sample=False, max_new_tokens=N, "
-    "min_new_tokens=N) on the same token ids as ours. A LogitsProcessor records the clock (time.perf_counter, or "
+    "bfloat16 = a copy cast with .to(torch.bfloat16)), default attention implementation, "
+    "model.generate(input_ids, attention_mask=all ones, do_sample=False, max_new_tokens=N, min_new_tokens=N) on "
+    "the same token ids as ours, in up to three calls: 'generate' (the usual call: default dynamic KV cache), "
+    "'static' (cache_implementation='static') and 'compile' (static cache and generate's own torch.compile of "
+    "the decode step, CompileConfig(_compile_all_devices=True) since transformers compiles only on GPUs "
+    "unless told; compiled in the warm-up run). A LogitsProcessor records the clock (time.perf_counter, or "
     "time.process_time with --clock cpu) at each "
     "call: the first call comes right after the prefill forward, the last one before the N-th token is picked. "
     "prefill_tok_s = batch*prompt_tokens / (first call - start of generate); decode_tok_s = batch*(N-1) / "
     "(last call - first call); gb_s = the same weight bytes as ours (every weight in the tested dtype, the tied "
-    "output head once) x decode steps per second. Per (dtype, batch): one warm-up run of each engine, then "
-    "`repeats` rounds of one timed run of ours (bench_decode, repeats=1, warmup=0) followed by one of "
-    "transformers; medians over the rounds."
+    "output head once) x decode steps per second. Per batch: one warm-up run of each engine, then "
+    "`repeats` rounds of one timed run of every engine; medians over the rounds."
 )
-
-# llama.cpp on the same model, from /work/shared/BASELINES.md (measured 2026-11-21 on a 2-core
-# AVX-512 machine like CI's, llama-cpp-python 0.3.36, 2 threads, 512-token prompt, 128 new tokens,
-# greedy, medians over 4 processes x 3 runs). Another run on another day: reference only.
-LLAMA_CPP_PEERS = [
-    # weights, bytes, prefill 512 tok/s, decode b1 tok/s, decode b8 tok/s
-    ("F32", 538e6, 802, 60.4, 249),
-    ("BF16", 269e6, 1126, 109.4, 331),
-    ("Q8_0", 143e6, 643, 122.2, 263),
-    ("Q4_1 (as published)", 96.6e6, 398, 137.8, 232),
-]
-PEER_SOURCE = ("llama.cpp (llama-cpp-python 0.3.36), from /work/shared/BASELINES.md, measured 2026-11-21 in "
-               "another session on a 2-core machine like this one; 2 threads, prompt 512, 128 new tokens")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -101,14 +100,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"quantization specs run on our engine with kernels (full: {' '.join(SPECS)}; quick: int8)")
     p.add_argument("--spec-baselines", action="store_true",
                    help="also run every spec without kernels (its PyTorch path dequantizes every step: slow)")
+    p.add_argument("--hf-calls", nargs="+", default=None, choices=list(HF_CALLS),
+                   help="transformers' calls: generate (usual, dynamic cache), static (static cache), compile "
+                        "(static cache + torch.compile) (full: all; quick: generate static)")
     p.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp even when llama_cpp is importable")
     p.add_argument("--readme", default=None,
                    help=f"replace the text between {MARK_START} and {MARK_END} in this file with the table")
-    p.add_argument("--no-peers", action="store_true", help="leave the llama.cpp reference table out")
     args = parse_benchmark_args(p, argv)
     if any(b < 1 for b in args.batches):
         p.error("--batches must all be >= 1")
     args.dtypes = list(dict.fromkeys(args.dtypes))
+    args.hf_calls = list(dict.fromkeys(args.hf_calls))
     args.specs = list(dict.fromkeys(args.specs))
     from workbench.quant import SPECS as KNOWN
 
@@ -162,10 +164,19 @@ def _step_timer_class():
     return StepTimer
 
 
-def hf_generation(ref, prompts: list[list[int]], new_tokens: int, timer_cls, clock) -> tuple[float, float, list[list[int]]]:
-    """(prefill seconds, decode seconds, new token ids) of one greedy `generate` call."""
-    from transformers import LogitsProcessorList
+def hf_generation(ref, prompts: list[list[int]], new_tokens: int, timer_cls, clock,
+                  call: str = "generate") -> tuple[float, float, list[list[int]]]:
+    """(prefill seconds, decode seconds, new token ids) of one greedy `generate` call made the way
+    `HF_CALLS[call]` says."""
+    from transformers import CompileConfig, LogitsProcessorList
 
+    options = dict(HF_CALLS[call])
+    if options.pop("compile", False):
+        config = CompileConfig(mode="default")  # "reduce-overhead" means CUDA graphs
+        config._compile_all_devices = True  # transformers' own switch to compile on a CPU
+        options["compile_config"] = config
+    else:
+        options["disable_compile"] = True  # a static cache alone would be compiled on a GPU
     ids = torch.tensor(prompts, dtype=torch.long)
     timer = timer_cls(clock)
     gc.collect()
@@ -174,7 +185,7 @@ def hf_generation(ref, prompts: list[list[int]], new_tokens: int, timer_cls, clo
         out = ref.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                            max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                            logits_processor=LogitsProcessorList([timer]),
-                           pad_token_id=ref.generation_config.pad_token_id or 0, use_cache=True)
+                           pad_token_id=ref.generation_config.pad_token_id or 0, use_cache=True, **options)
     if len(timer.times) != new_tokens or tuple(out.shape) != (len(prompts), ids.shape[1] + new_tokens):
         raise RuntimeError(f"transformers generated {tuple(out.shape)} with {len(timer.times)} timed steps; "
                            f"expected {new_tokens} new tokens per sequence")
@@ -240,6 +251,7 @@ class Engine:
     step_bytes: int
     time: Callable  # (prompts, new_tokens) -> (prefill_s, decode_s) of one timed run
     tokens: Callable  # (prompts, new_tokens) -> greedy tokens per sequence (an untimed warm-up run)
+    call: str = ""  # how the engine is called, where it has several ways (transformers' HF_CALLS)
     batches: tuple | None = None  # batch sizes it can run (None: any)
 
 
@@ -261,41 +273,32 @@ def ours_engine(model, tokenizer, weights: str, kernels_on: bool, clock) -> Engi
     return Engine("workbench", weights, used, model.weight_bytes(), decode_bytes_per_step(model), time, tokens)
 
 
-def hf_engine(ref, dtype_name: str, timer_cls, clock) -> Engine:
+def hf_engine(ref, dtype_name: str, call: str, timer_cls, clock) -> Engine:
     import transformers
 
+    def run(prompts, n):
+        return hf_generation(ref, prompts, n, timer_cls, clock, call)
     return Engine(f"transformers {transformers.__version__}", dtype_name, "", weight_bytes(ref),
-                  hf_bytes_per_step(ref), lambda prompts, n: hf_generation(ref, prompts, n, timer_cls, clock)[:2],
-                  lambda prompts, n: hf_generation(ref, prompts, n, timer_cls, clock)[2])
+                  hf_bytes_per_step(ref), lambda p, n: run(p, n)[:2], lambda p, n: run(p, n)[2], call=call)
 
 
-def llama_cpp_engine(model, tokenizer, gguf_type: str, weights: str, tmp: Path, threads: int, n_ctx: int,
-                     clock) -> Engine:
-    """llama.cpp (llama-cpp-python) on our model exported as GGUF `gguf_type`; batch 1 only."""
-    import llama_cpp
-
+def llama_cpp_engine(model, tokenizer, gguf_type: str, tmp: Path, threads: int, context: int, clock,
+                     stack: ExitStack) -> Engine:
+    """llama.cpp on our model exported as GGUF `gguf_type`, any batch size (llama_cpp_peer)."""
     from workbench.checkpoints.gguf_export import export_gguf
 
     path = tmp / f"model-{gguf_type}.gguf"
+    print(f"exporting {gguf_type} for llama.cpp ...", file=sys.stderr, flush=True)
     export_gguf(model, tokenizer, path, gguf_type, name=f"benchmark {gguf_type}")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                          n_batch=512, verbose=False)
-
-    def run(prompts, new_tokens):
-        tokens, times = [], []
-        start = clock()
-        for token in llm.generate(prompts[0], top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
-            times.append(clock())
-            tokens.append(int(token))
-            if len(tokens) == new_tokens:
-                break
-        return times[0] - start, times[-1] - times[0], [tokens]
+    runner = stack.enter_context(llama_cpp_peer.LlamaCppBatchRunner(path, threads=threads,
+                                                                     context_per_sequence=context))
     size = path.stat().st_size
-    return Engine(f"llama.cpp {llama_cpp.__version__}", weights, "", size, size, lambda p, n: run(p, n)[:2],
-                  lambda p, n: run(p, n)[2], batches=(1,))
+    return Engine(f"llama.cpp {llama_cpp_peer.version()}", gguf_type, "", size, size,
+                  lambda p, n: runner.generate(p, n, clock)[:2], lambda p, n: runner.generate(p, n, clock)[2])
 
 
-def build_engines(args, tmp: Path) -> tuple[list[Engine], object]:
+def build_engines(args, tmp: Path, stack: ExitStack) -> tuple[list[Engine], object, str | None]:
+    """The contenders, and why llama.cpp is not among them (None when it is)."""
     timer_cls, clock = _step_timer_class(), CLOCKS[args.clock]
     engines, floats = [], {}
     print(f"loading transformers' model for {args.model} (float32) ...", file=sys.stderr, flush=True)
@@ -306,20 +309,33 @@ def build_engines(args, tmp: Path) -> tuple[list[Engine], object]:
         modes = {"on": [True], "off": [False], "both": [True, False]}[args.kernels]
         engines += [ours_engine(model, tokenizer, dtype_name, on, clock) for on in modes]
         ref = ref32 if dtype_name == "float32" else copy.deepcopy(ref32).to(DTYPES[dtype_name])
-        engines.append(hf_engine(ref, dtype_name, timer_cls, clock))
+        engines += [hf_engine(ref, dtype_name, call, timer_cls, clock) for call in args.hf_calls]
     base = floats.get("float32") or load_model(args.model)[0]
     for spec in args.specs:
         print(f"quantizing {spec} ...", file=sys.stderr, flush=True)
         variant = kernels.enable(quantized_copy(base, spec, tokenizer))
         engines += [ours_engine(variant, tokenizer, spec, on, clock)
                     for on in ([True, False] if args.spec_baselines else [True])]
-    if importlib.util.find_spec("llama_cpp") is not None and not args.no_llama_cpp:
-        wanted = [("float32", "F32")] * ("float32" in args.dtypes) + [
-            (s, s.upper()) for s in args.specs if s.upper() in ("Q8_0", "Q4_0", "Q4_1")]
-        for weights, gguf_type in wanted:
-            engines.append(llama_cpp_engine(base, tokenizer, gguf_type, weights, tmp, args.threads,
-                                            args.prompt_tokens + args.new_tokens + 16, clock))
-    return engines, tokenizer
+    if args.no_llama_cpp:
+        return engines, tokenizer, "skipped (--no-llama-cpp)"
+    if not llama_cpp_peer.available():
+        return engines, tokenizer, "not installed here (pip install .[peers] builds llama-cpp-python)"
+    wanted = dict.fromkeys(LLAMA_CPP_PEER[w] for w in [*args.dtypes, *args.specs] if w in LLAMA_CPP_PEER)
+    context = args.prompt_tokens + args.new_tokens + 16
+    # exported from float32 weights: the same bytes as ours in every format (bfloat16: the same rounding)
+    engines += [llama_cpp_engine(base, tokenizer, gguf_type, tmp, args.threads, context, clock, stack)
+                for gguf_type in wanted]
+    return engines, tokenizer, None
+
+
+def bandwidth_contender():
+    """One round's read bandwidth (GB/s): the median of a few reads by our streaming read kernel."""
+    last = {}
+
+    def measure():
+        last.update(read_bandwidth_gb_s(BANDWIDTH_MIB, BANDWIDTH_READS))
+        return last["median"]
+    return measure, last
 
 
 def run(args) -> dict:
@@ -335,10 +351,14 @@ def run(args) -> dict:
         print(f"warning: load average {info['loadavg_start'][0]:.1f}: the machine is busy, timings will be noisy",
               file=sys.stderr, flush=True)
     P, N = args.prompt_tokens, args.new_tokens
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        engines, tokenizer = build_engines(args, Path(tmp))
-        info["kernels"] = kernels.status()
+    rows, bandwidth = [], {}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        engines, tokenizer, llama_cpp_absent = build_engines(args, Path(tmp), stack)
+        if llama_cpp_absent:
+            print(f"llama.cpp: {llama_cpp_absent}; running the other engines", file=sys.stderr, flush=True)
+        status = kernels.status()  # its build directory is a path of this machine: only the build's name
+        info["kernels"] = {**{k: v for k, v in status.items() if k != "build_dir"},
+                           "build": Path(status["build_dir"]).name}
         for batch in args.batches:
             prompts = benchmark_prompts(tokenizer, batch, P)
             active = {label(e): e for e in engines if e.batches is None or batch in e.batches}
@@ -351,14 +371,21 @@ def run(args) -> dict:
                     gc.collect()
                     return e.time(prompts, N)
                 return run
-            # every engine once per round, so noise hits all alike; further warm-up rounds if asked
-            rounds = alternate({name: timed(e) for name, e in active.items()}, args.rounds,
-                               max(args.warmup_rounds - 1, 0))
+            measure_bandwidth, last_bandwidth = bandwidth_contender()
+            # every engine once per round, and the read bandwidth, so noise hits all alike
+            rounds = alternate({**{name: timed(e) for name, e in active.items()}, BANDWIDTH: measure_bandwidth},
+                               args.rounds, max(args.warmup_rounds - 1, 0))
+            per_round_bw = rounds.series(BANDWIDTH)
+            bandwidth[batch] = {"median_gb_s": median(per_round_bw), "rounds_gb_s": per_round_bw,
+                                "method": last_bandwidth["method"] + " per round", "reader": last_bandwidth["reader"]}
             for name, e in active.items():
-                rows.append({"engine": e.engine, "weights": e.weights, "kernels": e.kernels, "batch": batch,
-                             "prompt_tokens": P, "new_tokens": N, "threads": args.threads, "repeats": args.rounds,
-                             "model_bytes": e.model_bytes, "bytes_per_step": e.step_bytes,
-                             **summarise(rounds.values[name], batch, P, N, e.step_bytes), "_tokens": tokens[name]})
+                row = {"engine": e.engine, "call": e.call, "weights": e.weights, "kernels": e.kernels,
+                       "batch": batch, "prompt_tokens": P, "new_tokens": N, "threads": args.threads,
+                       "repeats": args.rounds, "model_bytes": e.model_bytes, "bytes_per_step": e.step_bytes,
+                       **summarise(rounds.values[name], batch, P, N, e.step_bytes), "_tokens": tokens[name]}
+                row["bandwidth_fraction"] = median(e.step_bytes * (N - 1) / r[1] / 1e9 / bw
+                                                   for r, bw in zip(rounds.values[name], per_round_bw))
+                rows.append(row)
     add_ratios(rows)
     run_end(info)
     return {
@@ -367,48 +394,65 @@ def run(args) -> dict:
         "quick": args.quick,
         "command": info["command"],
         "settings": {"batches": args.batches, "dtypes": args.dtypes, "specs": args.specs, "kernels": args.kernels,
-                     "prompt_tokens": P, "new_tokens": N, "repeats": args.rounds, "warmup": args.warmup_rounds,
-                     "threads": args.threads, "clock": args.clock},
+                     "hf_calls": args.hf_calls, "prompt_tokens": P, "new_tokens": N, "repeats": args.rounds,
+                     "warmup": args.warmup_rounds, "threads": args.threads, "clock": args.clock},
         "machine": info,
+        "read_bandwidth": bandwidth,
+        "llama_cpp": llama_cpp_absent or "in this run",
         "method": {"ours": METHOD, "transformers": HF_METHOD, "llama.cpp": LLAMA_CPP_METHOD,
-                   "ratios": "medians of the per-round decode-speed ratios (same rounds): vs_transformers = ours / transformers in the same "
-                             "dtype; vs_ours_float32 = this row / our float32 row with kernels (same batch); "
+                   "bandwidth": "each round also reads a 1 GiB float32 buffer 3 times with our streaming read "
+                                "kernel (workbench.bench.timing.read_bandwidth_gb_s, the same threads; torch.sum "
+                                "where the kernels are unavailable); bandwidth_fraction = median over the rounds "
+                                "of the row's GB/s / that round's read bandwidth",
+                   "ratios": "medians of the per-round ratios (same rounds): vs_transformers = ours / transformers' "
+                             "usual call (generate) in the same dtype; vs_transformers_fastest = ours / the fastest "
+                             "(median decode) of transformers' calls in that dtype; vs_llama_cpp and "
+                             "prefill_vs_llama_cpp = ours / llama.cpp in the format named by llama_cpp_peer (the "
+                             "same bytes, or for our int8/int4 the GGUF type of the same bits), decode and prefill; "
+                             "vs_ours_float32 = this row / our float32 row with kernels (same batch); "
                              "kernel_speedup = our row with kernels / the same weights without",
                    "greedy_agreement": "fraction of generated positions before the first disagreement with "
-                                       "transformers' greedy tokens in the same dtype (quantized rows: with our "
-                                       "float32 model's), per sequence; bf16 and quantized weights diverge early"},
+                                       "transformers' greedy tokens in the same dtype (its usual call; quantized rows: "
+                                       "with our float32 model's), per sequence; bf16 and quantized weights diverge "
+                                       "early"},
         "rows": rows,
-        "peers_reference_only": None if args.no_peers else {
-            "source": PEER_SOURCE,
-            "rows": [{"engine": "llama.cpp", "weights": w, "bytes": b, "prefill_512_tok_s": pf,
-                      "decode_b1_tok_s": d1, "decode_b8_tok_s": d8} for w, b, pf, d1, d8 in LLAMA_CPP_PEERS],
-        },
     }
+
+
+BANDWIDTH = "read bandwidth"  # the bandwidth contender's name in the rounds
 
 
 def label(e: Engine) -> str:
     """An engine's name in the rounds (and in a contender's error note)."""
-    return " ".join(part for part in (e.engine, e.weights, e.kernels) if part)
+    return " ".join(part for part in (e.engine, e.call, e.weights, e.kernels) if part)
 
 
-def per_round_ratio(row: dict, other: dict) -> float:
-    """Median over the rounds of row / other decode speed (both timed in the same rounds)."""
-    return median(o["decode_s"] / r["decode_s"] for r, o in zip(row["runs_s"], other["runs_s"]))
+def per_round_ratio(row: dict, other: dict, key: str = "decode_s") -> float:
+    """Median over the rounds of row / other speed (both timed in the same rounds)."""
+    return median(o[key] / r[key] for r, o in zip(row["runs_s"], other["runs_s"]))
 
 
 def add_ratios(rows: list[dict]):
     """Ratios between rows of the same batch (see the method text); the greedy tokens are dropped after."""
     def find(batch, **match):
-        return next((r for r in rows if r["batch"] == batch and all(r[k] == v for k, v in match.items())), None)
+        return [r for r in rows if r["batch"] == batch and all(r[k] == v for k, v in match.items())]
     for r in rows:
-        hf = next((h for h in rows if h["batch"] == r["batch"] and h["weights"] == r["weights"]
-                   and h["engine"].startswith("transformers")), None)
-        ours32 = next((o for o in rows if o["batch"] == r["batch"] and o["weights"] == "float32"
-                       and o["engine"] == "workbench" and o["kernels"] != "off"), None)
-        off = find(r["batch"], engine="workbench", weights=r["weights"], kernels="off")
-        r["vs_transformers"] = per_round_ratio(r, hf) if hf and r["engine"] == "workbench" else None
+        b, ours = r["batch"], r["engine"] == "workbench"
+        hf_all = [h for h in find(b, weights=r["weights"]) if h["engine"].startswith("transformers")]
+        hf = next((h for h in hf_all if h["call"] == "generate"), None)
+        fastest = max(hf_all, key=lambda h: h["decode_tok_s"], default=None)
+        ours32 = next((o for o in find(b, engine="workbench", weights="float32") if o["kernels"] != "off"), None)
+        off = next(iter(find(b, engine="workbench", weights=r["weights"], kernels="off")), None)
+        peer_type = LLAMA_CPP_PEER.get(r["weights"]) if ours else None
+        peer = next((p for p in find(b, weights=peer_type) if p["engine"].startswith("llama.cpp")), None)
+        r["vs_transformers"] = per_round_ratio(r, hf) if hf and ours else None
+        r["vs_transformers_fastest"] = per_round_ratio(r, fastest) if fastest and ours else None
+        r["transformers_fastest_call"] = fastest["call"] if fastest and ours else None
+        r["llama_cpp_peer"] = peer_type if peer else None
+        r["vs_llama_cpp"] = per_round_ratio(r, peer) if peer else None
+        r["prefill_vs_llama_cpp"] = per_round_ratio(r, peer, "prefill_s") if peer else None
         r["vs_ours_float32"] = per_round_ratio(r, ours32) if ours32 else None
-        r["kernel_speedup"] = per_round_ratio(r, off) if off and r["engine"] == "workbench" and r["kernels"] != "off" else None
+        r["kernel_speedup"] = per_round_ratio(r, off) if off and ours and r["kernels"] != "off" else None
         reference = hf or ours32
         r["greedy_agreement"] = agreement(r["_tokens"], reference["_tokens"]) if reference and reference is not r else None
     for r in rows:
@@ -422,44 +466,45 @@ def add_ratios(rows: list[dict]):
 def markdown(result: dict) -> str:
     s, m = result["settings"], result["machine"]
     x = lambda v: f"{v:.2f}x" if v is not None else ""  # noqa: E731
+    versions = ", ".join(f"{name} {m[key]}" for name, key in (("torch", "torch"), ("transformers", "transformers"),
+                                                               ("llama-cpp-python", "llama_cpp")) if m.get(key))
+    bw = result["read_bandwidth"]
     lines = [
         f"Same run, every engine once per round: {result['model']}, prompt {s['prompt_tokens']} tokens, "
         f"{s['new_tokens']} new tokens, greedy, {m['threads']} threads, "
         f"{'CPU seconds of the process' if s.get('clock') == 'cpu' else 'wall clock'}, medians of {s['repeats']} "
-        f"(after {s['warmup']} warm-up), {m['cpu']}, torch {m['torch']}, transformers {m['transformers']}. "
+        f"(after {s['warmup']} warm-up), {m['cpu']} ({m['cpu_threads']} logical CPUs), {versions}. "
         f"Decode and prefill in tokens/s (all sequences of the batch); GB/s = weight bytes per decode step "
-        f"x steps/s; kernels = our C++ kernels' instruction set (off: PyTorch's operators).",
+        f"x steps/s; % bw = that as a share of the read bandwidth measured in the same rounds ("
+        + ", ".join(f"batch {b}: {v['median_gb_s']:.1f} GB/s" for b, v in bw.items())
+        + f", {next(iter(bw.values()))['reader'] if bw else ''} reader); kernels = our C++ kernels' instruction set "
+        f"(off: PyTorch's operators); transformers' calls: generate (usual), static (static cache), compile (static "
+        f"cache + torch.compile); vs llama.cpp = ours / llama.cpp in the format in brackets (decode, prefill).",
         "",
-        "| engine | weights | kernels | batch | MB | prefill | decode [min-max] | GB/s | vs transformers "
-        "| vs our fp32 | kernel speed-up | same greedy tokens |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| engine | call / kernels | weights | batch | MB | prefill | decode [min-max] | GB/s | % bw "
+        "| vs transformers (generate / fastest) | vs llama.cpp decode | vs llama.cpp prefill | kernel speed-up "
+        "| same greedy tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         agree = f"{r['greedy_agreement']:.0%}" if r["greedy_agreement"] is not None else ""
+        hf = (f"{x(r['vs_transformers'])} / {x(r['vs_transformers_fastest'])} ({r['transformers_fastest_call']})"
+              if r.get("vs_transformers_fastest") is not None else "")
+        peer = f" ({r['llama_cpp_peer']})" if r.get("llama_cpp_peer") else ""
         lines.append(
-            f"| {r['engine']} | {r['weights']} | {r['kernels']} | {r['batch']} | {r['model_bytes'] / 1e6:.0f} "
-            f"| {r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} [{r['decode_tok_s_min']:.1f}-"
-            f"{r['decode_tok_s_max']:.1f}] | {r['gb_s']:.1f} | {x(r['vs_transformers'])} | {x(r['vs_ours_float32'])} "
-            f"| {x(r['kernel_speedup'])} | {agree} |")
+            f"| {r['engine']} | {r['call'] or r['kernels']} | {r['weights']} | {r['batch']} "
+            f"| {r['model_bytes'] / 1e6:.0f} | {r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} "
+            f"[{r['decode_tok_s_min']:.1f}-{r['decode_tok_s_max']:.1f}] | {r['gb_s']:.1f} "
+            f"| {r['bandwidth_fraction']:.0%} | {hf} | {x(r['vs_llama_cpp'])}{peer} "
+            f"| {x(r['prefill_vs_llama_cpp'])}{peer} | {x(r['kernel_speedup'])} | {agree} |")
     lines.append("")
     start, end = (m.get("loadavg_start") or [0.0])[0], (m.get("loadavg_end") or [0.0])[0]
     lines.append(f"Decode [min-max] over the rounds. 1-minute load average {start:.1f} at the start, {end:.1f} at the end.")
-    if start > BUSY_LOAD:
+    if result["llama_cpp"] != "in this run":
+        lines.append(f"llama.cpp: {result['llama_cpp']}, so it has no rows in this run.")
+    if max(start, end) > BUSY_LOAD:
         lines.append(f"WARNING: the machine was busy (other processes on {m['cpu_threads']} CPUs): absolute numbers "
                      f"are unreliable; ratios within a round are less affected.")
-    peers = result.get("peers_reference_only")
-    if peers and not any(r["engine"].startswith("llama.cpp") for r in result["rows"]):
-        lines += [
-            "",
-            f"llama.cpp is not installed here; reference only, NOT from this run (other session, other load; "
-            f"compare loosely): {peers['source']}.",
-            "",
-            "| llama.cpp weights | bytes MB | prefill 512 tok/s | decode b1 tok/s | decode b8 tok/s |",
-            "|---|---|---|---|---|",
-        ]
-        for r in peers["rows"]:
-            lines.append(f"| {r['weights']} | {r['bytes'] / 1e6:.0f} | {r['prefill_512_tok_s']:.0f} "
-                         f"| {r['decode_b1_tok_s']:.1f} | {r['decode_b8_tok_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -468,27 +513,36 @@ def write_outputs(result: dict, out: str) -> tuple[Path, Path]:
 
     json_path, csv_path = Path(out + ".json"), Path(out + ".csv")
     atomic_write_json(json_path, result)
-    columns = ["engine", "weights", "kernels", "batch", "prompt_tokens", "new_tokens", "threads", "repeats",
-               "prefill_tok_s", "decode_tok_s", "decode_tok_s_min", "decode_tok_s_max", "gb_s", "model_bytes",
-               "bytes_per_step", "vs_transformers", "vs_ours_float32", "kernel_speedup", "greedy_agreement"]
+    columns = ["engine", "call", "weights", "kernels", "batch", "prompt_tokens", "new_tokens", "threads", "repeats",
+               "prefill_tok_s", "decode_tok_s", "decode_tok_s_min", "decode_tok_s_max", "gb_s", "bandwidth_fraction",
+               "model_bytes", "bytes_per_step", "vs_transformers", "vs_transformers_fastest",
+               "transformers_fastest_call", "llama_cpp_peer", "vs_llama_cpp", "prefill_vs_llama_cpp",
+               "vs_ours_float32", "kernel_speedup", "greedy_agreement"]
     frame = pd.DataFrame([{k: r.get(k) for k in columns} for r in result["rows"]], columns=columns)
     frame["date"] = result["machine"]["date"]
     atomic_write_text(csv_path, frame.to_csv(index=False, float_format="%.4g"))
     return json_path, csv_path
 
 
+def repository_name(path: Path) -> str:
+    """A results path as the README may name it: relative to the repository, else the file name alone."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+
+
 def main(argv=None):
     args = parse_args(argv)
     readme_text = check_readme(args.readme) if args.readme else None
     result = run(args)
-    table = markdown(result)
     json_path, csv_path = write_outputs(result, args.out)
+    table = markdown(result)
     print(table)
     print(f"wrote {json_path} and {csv_path}", file=sys.stderr)
     if args.readme:
         readme_text = check_readme(args.readme)  # re-read: it may have been edited during the run
-        header = (f"Measured {result['machine']['date'][:10]} with `{result['command']}`, which wrote "
-                  f"`{json_path}` and `{csv_path}`.")
+        command = " ".join(Path(a).name if Path(a).is_absolute() else a for a in result["command"].split(" "))
+        header = (f"Measured {result['machine']['date'][:10]} with `{command}`, which wrote "
+                  f"`{repository_name(json_path)}` and `{repository_name(csv_path)}`.")
         atomic_write_text(args.readme, replace_between_markers(readme_text, header + "\n\n" + table))
         print(f"updated {args.readme}", file=sys.stderr)
 

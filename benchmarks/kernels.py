@@ -40,13 +40,14 @@ if str(ROOT) not in sys.path:
 
 from workbench import kernels  # noqa: E402
 from workbench.bench.flags import benchmark_parser, parse_benchmark_args  # noqa: E402
-from workbench.bench.timing import CLOCKS, alternate, now, run_end, run_info  # noqa: E402
+from workbench.bench.timing import CLOCKS, alternate, median, now, read_bandwidth_gb_s, run_end, run_info  # noqa: E402
 from workbench.io import atomic_write_json, atomic_write_text  # noqa: E402
 from workbench.quant.linear import GGUFBlockLinear, Int4WeightOnlyLinear, Int8WeightOnlyLinear  # noqa: E402
 
 SHAPES = {"q_proj/o_proj": (576, 576), "k_proj/v_proj": (192, 576), "gate/up_proj": (1536, 576),
           "down_proj": (576, 1536), "lm_head": (49152, 576)}
-BANDWIDTH_GB_S = {"typical": 38.0, "quiet": 63.0}  # /work/shared/BASELINES.md: a C AVX-512 read loop, 2 threads
+BANDWIDTH = "read bandwidth"  # a contender of every round: our streaming read kernel over a 512 MiB buffer
+BANDWIDTH_MIB = 512
 
 
 def layer_bytes(tensors) -> int:
@@ -105,16 +106,18 @@ def bench_shape(name, shape, args) -> list[dict]:
         copies = [make() for _ in range(max(2, math.ceil(args.cold_mb * 1e6 / nbytes)))]
         call(copies[0], x)  # warm-up (and the first-use build)
         prepared[op] = (copies, call, nbytes)
-    rounds = alternate({op: (lambda copies=copies, call=call: time_op(call, copies, x, args.min_ms / 1e3,
-                                                                       CLOCKS[args.clock]))
-                        for op, (copies, call, _) in prepared.items()}, args.rounds, args.warmup_rounds)
+    contenders = {op: (lambda copies=copies, call=call: time_op(call, copies, x, args.min_ms / 1e3, CLOCKS[args.clock]))
+                  for op, (copies, call, _) in prepared.items()}
+    contenders[BANDWIDTH] = lambda: read_bandwidth_gb_s(BANDWIDTH_MIB, 1)["median"]  # same rounds, same noise
+    rounds = alternate(contenders, args.rounds, args.warmup_rounds)
+    bandwidth = rounds.series(BANDWIDTH)
     rows = []
     for op, (copies, _, nbytes) in prepared.items():
         t = rounds.median(op)
         rows.append({"shape": name, "out_features": shape[0], "in_features": shape[1], "op": op,
                      "us_per_call": t * 1e6, "weight_bytes": nbytes, "gb_s": nbytes / t / 1e9,
-                     "fraction_of_typical_bw": nbytes / t / 1e9 / BANDWIDTH_GB_S["typical"],
-                     "fraction_of_quiet_bw": nbytes / t / 1e9 / BANDWIDTH_GB_S["quiet"],
+                     "read_bandwidth_gb_s": median(bandwidth),
+                     "fraction_of_read_bw": median(nbytes / s / 1e9 / bw for s, bw in zip(rounds.series(op), bandwidth)),
                      "speedup_vs_F.linear_fp32": rounds.ratio("F.linear fp32", op),
                      "copies": len(copies)})
         print(f"{name:>14} {op:>16}: {t * 1e6:9.1f} us  {rows[-1]['gb_s']:6.1f} GB/s  "
@@ -131,19 +134,19 @@ def markdown(result: dict) -> str:
                                    for s in shapes) + " |"
     lines = [head, "|---" * (len(shapes) + 1) + "|"]
     for op in ops:
-        cells = [f"{by[(s, op)]['us_per_call']:.0f} us, {by[(s, op)]['gb_s']:.0f} GB/s, "
-                 f"x{by[(s, op)]['speedup_vs_F.linear_fp32']:.2f}" for s in shapes]
+        cells = [f"{by[(s, op)]['us_per_call']:.0f} us, {by[(s, op)]['gb_s']:.0f} GB/s "
+                 f"({by[(s, op)]['fraction_of_read_bw']:.0%}), x{by[(s, op)]['speedup_vs_F.linear_fp32']:.2f}"
+                 for s in shapes]
         lines.append(f"| {op} | " + " | ".join(cells) + " |")
     m = result["machine"]
     lines.append("")
     lines.append(f"Batch 1, {m['threads']} threads, {result['settings']['clock']} clock, kernels backend {m['backend']}, weights cycled through "
                  f">{result['settings']['cold_mb']} MB of copies (read from memory); medians of "
                  f"{result['settings']['rounds']} interleaved rounds; xN = speed-up over F.linear fp32 in the "
-                 f"same rounds; load average {m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at end. "
-                 f"Read bandwidth of this machine: ~{BANDWIDTH_GB_S['typical']:.0f} GB/s typical, "
-                 f"~{BANDWIDTH_GB_S['quiet']:.0f} quiet"
-                 + (f", {m['read_bandwidth_gb_s']['median']:.0f} measured at the start (torch.sum)."
-                    if "read_bandwidth_gb_s" in m else "."))
+                 f"same rounds; (N%) = GB/s as a share of the read bandwidth measured in the same rounds by our "
+                 f"streaming read kernel ({BANDWIDTH_MIB} MiB buffer; median "
+                 f"{median(r['read_bandwidth_gb_s'] for r in rows):.0f} GB/s); load average "
+                 f"{m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at end.")
     return "\n".join(lines) + "\n"
 
 
@@ -295,7 +298,7 @@ def main(argv=None):
     rows = [r for s in args.shapes for r in bench_shape(s, SHAPES[s], args)]
     run_end(machine)
     result = {"benchmark": "kernels", "settings": {k: v for k, v in vars(args).items() if k != "out"},
-              "machine": machine, "bandwidth_gb_s": BANDWIDTH_GB_S, "method": __doc__.split("\n\n")[1:3],
+              "machine": machine, "method": __doc__.split("\n\n")[1:3],
               "rows": rows}
     table = markdown(result)
     result["markdown"] = table

@@ -40,6 +40,15 @@ def test_gguf_reader_and_transformers_load_the_export(tmp_path):
         assert (ref(x).logits - ours(x)).abs().max() < 1e-4
 
 
+def test_bf16_export_reloads_to_the_bfloat16_weights(tmp_path):
+    model, tok = load_model("tiny-random")
+    path = export_gguf(model, tok, tmp_path / "m.gguf", "BF16")
+    back, _ = load_model(path, use_cache=False)
+    for (name, ours), theirs in zip(model.state_dict().items(), back.state_dict().values()):
+        expected = ours.bfloat16().float() if ours.dim() == 2 else ours  # norms stay F32
+        assert torch.equal(theirs.float(), expected), name
+
+
 def test_bad_export_type(tmp_path):
     model, tok = load_model("tiny-random")
     with pytest.raises(InvalidParameterError, match="Q4_1"):

@@ -8,8 +8,10 @@ untimed round, then `repeats` rounds of one `bench_decode` run per mode (kernels
 through `workbench.kernels.disabled()`; `workbench.bench.timing.alternate`), so both modes see the
 same machine noise; medians over the rounds, speed-up = median of the per-round on / off ratios.
 GB/s = weight bytes per decode step x steps/s; `ceiling_tok_s` = batch x bandwidth / bytes per step
-(weights only, KV cache and activations ignored) at `bandwidth_gb_s` (pass the bandwidth measured in
-the same run, `workbench.bench.timing.read_bandwidth_gb_s`; the default is a typical 2-core figure).
+(weights only, KV cache and activations ignored), where the bandwidth is measured in the same rounds
+(one more contender per round: our streaming read kernel over a 512 MiB buffer,
+`workbench.bench.timing.read_bandwidth_gb_s`; the median over the rounds), unless `bandwidth_gb_s`
+gives a figure.
 """
 
 from __future__ import annotations
@@ -21,20 +23,21 @@ import torch
 
 from .. import kernels as cpu_kernels
 from ..settings import pick
-from .timing import CLOCKS, alternate
+from .timing import CLOCKS, alternate, read_bandwidth_gb_s
 from .decode import bench_decode
 from .quality import quantized_copy
 
 METHOD = __doc__
-TYPICAL_BANDWIDTH_GB_S = 38.0
+BANDWIDTH_MIB = 512
 
 
 def decode_speed_table(model="smollm2-135m", specs=("float32", "bfloat16", "int8", "int4-g32", "q4_1"),
                        batch_sizes=(1,), *, kernels="both", prompt_tokens: int | None = None,
                        new_tokens: int | None = None, repeats: int | None = None, threads: int | None = None,
-                       bandwidth_gb_s: float = TYPICAL_BANDWIDTH_GB_S, clock: str = "wall", progress: bool = True):
+                       bandwidth_gb_s: float | None = None, clock: str = "wall", progress: bool = True):
     """A DataFrame, one row per (spec, batch, kernels): decode_tok_s, prefill_tok_s, gb_s,
-    bytes_per_step, ceiling_tok_s, ceiling_fraction (gb_s / bandwidth) and, with kernels="both",
+    bytes_per_step, bandwidth_gb_s (measured in the same rounds unless given), ceiling_tok_s,
+    ceiling_fraction (gb_s / bandwidth) and, with kernels="both",
     speedup (kernels on / off, same rounds). `model` is a name or path; `kernels`: True, False or
     "both"; `clock="cpu"` times CPU seconds instead of wall seconds (use with threads=1 on a crowded
     machine). Quick mode (WORKBENCH_QUICK=1) shortens prompts, generations and repeats."""
@@ -61,15 +64,18 @@ def decode_speed_table(model="smollm2-135m", specs=("float32", "bfloat16", "int8
         variant = cpu_kernels.enable(quantized_copy(base, spec, tokenizer))
         for batch in batch_sizes:
             sizes = dict(batch=batch, prompt_tokens=prompt_tokens, new_tokens=new_tokens, clock=CLOCKS[clock])
-            rounds = alternate({mode: partial(_decode_once, variant, tokenizer, mode, **sizes) for mode in modes},
-                               rounds=repeats, warmup=1)
+            contenders = {mode: partial(_decode_once, variant, tokenizer, mode, **sizes) for mode in modes}
+            if bandwidth_gb_s is None:
+                contenders["bandwidth"] = lambda: read_bandwidth_gb_s(BANDWIDTH_MIB, 1)["median"]
+            rounds = alternate(contenders, rounds=repeats, warmup=1)
+            bandwidth = bandwidth_gb_s or rounds.median("bandwidth")
             for mode in modes:
                 last = rounds.values[mode][-1]
                 row = {"spec": spec, "batch": batch, "kernels": last["kernels"],
                        **{k: rounds.median(mode, k) for k in ("decode_tok_s", "prefill_tok_s", "gb_s")},
                        "bytes_per_step": last["bytes_per_step"],
-                       "ceiling_tok_s": batch * bandwidth_gb_s * 1e9 / last["bytes_per_step"]}
-                row["ceiling_fraction"] = row["gb_s"] / bandwidth_gb_s
+                       "bandwidth_gb_s": bandwidth, "ceiling_tok_s": batch * bandwidth * 1e9 / last["bytes_per_step"]}
+                row["ceiling_fraction"] = row["gb_s"] / bandwidth
                 if len(modes) == 2:
                     row["speedup"] = rounds.ratio(True, False, "decode_tok_s") if mode else 1.0
                 rows.append(row)

@@ -101,24 +101,34 @@ def peak_rss_mb() -> float:
 
 
 def read_bandwidth_gb_s(mib: int = 1024, rounds: int = 5) -> dict:
-    """Memory read bandwidth as PyTorch sees it: a float32 buffer of `mib` MiB (several times any
-    L3 cache) summed `rounds` times with the current torch threads; median and best GB/s.
+    """Memory read bandwidth now, with the current torch threads: a float32 buffer of `mib` MiB
+    (several times any L3 cache) read `rounds` times by our streaming read kernel
+    (`workbench.kernels.stream_read`: each thread sums its own contiguous part with wide loads),
+    or by `torch.sum` where the kernels are unavailable; median and best GB/s, and which reader.
 
-    A streaming sum is what a decode step's weight reads look like, so this is the ceiling to hold a
-    decode's GB/s against on this machine, now."""
+    A streaming read is what a decode step's weight reads look like, so this is the ceiling to
+    hold a decode's GB/s against on this machine, now."""
     import torch
 
+    from .. import kernels
+
     buffer = torch.ones(mib * 2**20 // 4, dtype=torch.float32)
-    buffer.sum()  # touch every page once before timing
+    ours = kernels.stream_read(buffer) is not None  # also touches every page once before timing
+    if not ours:
+        buffer.sum()
+    read_once = kernels.stream_read if ours else torch.sum
 
     def read():
         start = now()
-        buffer.sum()
+        read_once(buffer)
         return buffer.numel() * 4 / (now() - start) / 1e9
 
     speeds = alternate({"read": read}, rounds, warmup=0).series("read")
+    method = ("our streaming read kernel (workbench.kernels.stream_read)" if ours
+              else "torch.sum (our kernels off or unavailable)")
     return {"median": median(speeds), "best": max(speeds), "mib": mib, "rounds": rounds,
-            "threads": torch.get_num_threads(), "method": "torch.sum over a float32 buffer, medians"}
+            "threads": torch.get_num_threads(), "reader": "workbench" if ours else "torch.sum",
+            "method": f"{method} over a float32 buffer of {mib} MiB, {rounds} reads, median and best"}
 
 
 def _cpu() -> dict:

@@ -1,4 +1,4 @@
-"""Write a model as a GGUF file (llama.cpp's format) with Q8_0, Q4_0, Q4_1, F16 or F32 weights.
+"""Write a model as a GGUF file (llama.cpp's format) with Q8_0, Q4_0, Q4_1, F16, BF16 or F32 weights.
 
 Matrices are stored in the chosen block type (norms stay F32, as llama.cpp does); layers already
 quantized to that GGUF type are written from their own bytes, so the file holds exactly what the
@@ -19,7 +19,7 @@ from ..io import atomic_path
 from ..formats import gguf_blocks
 from ..quant.linear import GGUFBlockLinear, QuantizedEmbedding, QuantizedLinear
 
-EXPORT_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
+EXPORT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
 
 _LAYER_NAMES = {  # our module name -> llama.cpp tensor name
     "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
@@ -59,6 +59,8 @@ def _tensor_data(module, type_name: str, n_rope_heads: int | None):
             data = weight
         elif type_name == "F16":
             data = weight.half()
+        elif type_name == "BF16":  # numpy has no bfloat16: the raw bytes, which gguf takes with their type
+            data = weight.bfloat16().view(torch.uint8)
         else:
             data = gguf_blocks.quantize_raw(weight, type_name)
     if n_rope_heads is not None:
@@ -95,7 +97,7 @@ def _write_gguf(gguf, tmp: Path, model, tokenizer, type_name: str, name: str):
     writer.add_key_length(cfg.head_dim)
     writer.add_value_length(cfg.head_dim)
     writer.add_vocab_size(cfg.vocab_size)
-    file_types = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}  # llama.cpp's LLAMA_FTYPE values
+    file_types = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "BF16": 32}  # llama.cpp's LLAMA_FTYPE values
     writer.add_file_type(file_types[type_name])
     _add_tokenizer(writer, tokenizer)
     for gguf_name, module in _matrices(model):

@@ -20,6 +20,10 @@ products (AVX-512 VNNI), which is what lets 4-bit weights decode faster than 8-b
 where the CPU has VNNI; `set_int4_activations("float")` or `WORKBENCH_INT4_ACTIVATIONS=float` keeps
 them float32 (exact weight-only), "int8" forces the rounding everywhere (a portable loop without VNNI).
 
+Where a kernel and PyTorch's operator both apply to a float layer or decode operation, which of the
+two runs is measured per shape, dtype and batch size at first use (`choice.py`): our kernels win at
+one or two rows and can lose to PyTorch's GEMM at eight, and the crossing depends on the machine.
+
 Anything else (more rows, autograd, another device or dtype, kernels unavailable or switched off
 with `set_enabled(False)` / `WORKBENCH_KERNELS=0`) takes the PyTorch path, which computes the same
 product. The first use compiles the extension (see `build.py`); without a compiler you get one
@@ -39,10 +43,11 @@ from torch import nn
 
 from ..errors import InvalidParameterError
 from ..model import Attention, RMSNorm, apply_rope, attention
-from . import build
+from . import build, choice
+from .choice import bucket, run_faster
 from .memory import move_weights_to_huge_pages
 
-MAX_ROWS = 4  # rows of x up to which float weights use the kernel; above, PyTorch's GEMM wins
+MAX_ROWS = 16  # rows of x up to which float layers may use the kernel (whether they do is measured: choice.py)
 MAX_ROWS_QUANTIZED = 16  # packed weights: the kernel reads them once per 4 rows, still far ahead of dequantizing
 GGUF_TYPES = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2}
 _DENSE_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
@@ -108,6 +113,13 @@ def available() -> bool:
     return _enabled and build.load() is not None
 
 
+def stream_read(buffer: torch.Tensor) -> float | None:
+    """The sum of a contiguous float32 CPU buffer, read by our streaming kernel on torch's threads
+    (each thread its own contiguous part): a read-bandwidth probe. None when the kernels are off."""
+    ops = build.load() if _enabled else None
+    return None if ops is None else ops.stream_read(buffer)
+
+
 def status() -> dict:
     return {"enabled": _enabled, **build.status(), "int4_activations": int4_activations()}
 
@@ -170,24 +182,42 @@ def _decode_ops(*tensors):
     return build.load()
 
 
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """`model.apply_rope` for one new token per sequence on our kernel; other shapes on PyTorch."""
+def rope_kernel(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor | None:
+    """`model.apply_rope` for one new token per sequence on our kernel, or None when it does not apply."""
     ops = _decode_ops(x, cos, sin) if x.dim() == 4 and x.shape[2] == 1 else None
     if ops is None or not (cos.is_contiguous() and sin.is_contiguous() and x.stride(-1) == 1):
-        return apply_rope(x, cos, sin)
+        return None
     return ops.rope(x, cos, sin)
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """`model.attention` for one query per sequence on our kernel (AVX-512); anything else on PyTorch."""
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`model.apply_rope`: our kernel or PyTorch's, whichever is faster for this shape (choice.py)."""
+    if x.dim() != 4 or x.shape[2] != 1:
+        return apply_rope(x, cos, sin)
+    return run_faster(("rope", x.dtype, *x.shape[1:], bucket(x.shape[0])), lambda: rope_kernel(x, cos, sin),
+                      lambda: apply_rope(x, cos, sin))
+
+
+def attention_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """`model.attention` for one query per sequence on our kernel (AVX-512), or None when it does not apply."""
     ops = _decode_ops(q, k, v) if q.dim() == 4 and q.shape[2] == 1 and k.dim() == 4 else None
     if (ops is None or not ops.decode_attention_fits(q.shape[-1], q.shape[1] // k.shape[1])
             or k.stride(-1) != 1 or k.stride() != v.stride() or q.stride(-1) != 1
             or (mask is not None and (mask.dtype != torch.bool or mask.dim() != 4
                                       or tuple(mask.shape[1:]) != (1, 1, k.shape[2])
                                       or mask.shape[0] not in (1, q.shape[0])))):
-        return attention(q, k, v, mask)
+        return None
     return ops.decode_attention(q, k, v, mask)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """`model.attention`: for one query per sequence, our kernel or PyTorch's, whichever is faster for
+    this shape, batch and context size class (choice.py); anything else on PyTorch."""
+    if q.dim() != 4 or q.shape[2] != 1 or k.dim() != 4:
+        return attention(q, k, v, mask)
+    key = ("attention", q.dtype, q.shape[1], k.shape[1], q.shape[-1], bucket(q.shape[0]), bucket(k.shape[2]),
+           mask is None)
+    return run_faster(key, lambda: attention_kernel(q, k, v, mask), lambda: attention(q, k, v, mask))
 
 
 class KernelRMSNorm(RMSNorm):
@@ -202,9 +232,16 @@ class KernelRMSNorm(RMSNorm):
         layer.weight, layer.eps = norm.weight, norm.eps
         return layer
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def kernel(self, x: torch.Tensor) -> torch.Tensor | None:
         ops = _decode_ops(x, self.weight) if x.numel() <= MAX_ROWS * x.shape[-1] and x.is_contiguous() else None
-        return super().forward(x) if ops is None else ops.rms_norm(x, self.weight, self.eps)
+        return None if ops is None else ops.rms_norm(x, self.weight, self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if rows > MAX_ROWS:
+            return super().forward(x)
+        return run_faster(("rms_norm", x.dtype, x.shape[-1], bucket(rows)), lambda: self.kernel(x),
+                          lambda: super(KernelRMSNorm, self).forward(x))
 
 
 class KernelLinear(nn.Linear):
@@ -226,8 +263,11 @@ class KernelLinear(nn.Linear):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = dense_linear(x, self.weight)
-        return F.linear(x, self.weight) if y is None else y
+        rows = x.numel() // self.in_features
+        if rows > MAX_ROWS:
+            return F.linear(x, self.weight)
+        key = ("linear", self.weight.dtype, self.out_features, self.in_features, bucket(rows))
+        return run_faster(key, lambda: dense_linear(x, self.weight), lambda: F.linear(x, self.weight))
 
 
 def enable(model: nn.Module) -> nn.Module:

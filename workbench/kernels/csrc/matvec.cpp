@@ -104,9 +104,17 @@ static void parallel_rows(int64_t N, int64_t bytes_per_row, Fn fn) {
     case AVX2: avx2::FN(__VA_ARGS__); break;          \
     default: scalar::FN(__VA_ARGS__); break;          \
   }
+#define WB_BACKEND_CALL_RET(OUT, FN, ...)            \
+  switch (g_backend) {                                \
+    case AVX512: OUT = avx512::FN(__VA_ARGS__); break; \
+    case AVX2: OUT = avx2::FN(__VA_ARGS__); break;     \
+    default: OUT = scalar::FN(__VA_ARGS__); break;     \
+  }
 #ifndef WB_X86
 #undef WB_BACKEND_CALL
+#undef WB_BACKEND_CALL_RET
 #define WB_BACKEND_CALL(FN, ...) scalar::FN(__VA_ARGS__);
+#define WB_BACKEND_CALL_RET(OUT, FN, ...) OUT = scalar::FN(__VA_ARGS__);
 #endif
 
 static void check_x(const at::Tensor& x, int64_t K) {
@@ -431,6 +439,29 @@ static at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, con
   return finish(out, q);
 }
 
+// The sum of a float32 buffer, each thread streaming its own contiguous part (the memory read
+// bandwidth the decode kernels are held against: timed by workbench.kernels.read_bandwidth_gb_s).
+static double stream_read(const at::Tensor& buffer) {
+  TORCH_CHECK(buffer.device().is_cpu() && buffer.scalar_type() == at::kFloat && buffer.is_contiguous(),
+              "stream_read needs a contiguous float32 CPU tensor");
+  const float* p = buffer.data_ptr<float>();
+  const int64_t n = buffer.numel();
+  const int threads = std::max(1, omp_get_max_threads());
+  std::vector<double> partial(threads, 0.0);
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    const int64_t per = ((n + T - 1) / T + 15) / 16 * 16;  // whole 64-byte lines per thread
+    const int64_t i0 = std::min<int64_t>(n, t * per), i1 = std::min<int64_t>(n, i0 + per);
+    float s = 0.0f;
+    if (i0 < i1) WB_BACKEND_CALL_RET(s, read_sum, p + i0, i1 - i0);
+    partial[t] = s;
+  }
+  double total = 0.0;
+  for (double s : partial) total += s;
+  return total;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "workbench decode matrix-vector kernels (float32, bfloat16, int8, int4, GGUF blocks)";
   m.def("dense", &dense, "y = x @ w.T for float32/bfloat16 w, or int8 w times a per-row scale",
@@ -451,6 +482,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("k"), py::arg("v"), py::arg("mask") = py::none());
   m.def("decode_attention_fits", &decode_attention_fits, "whether decode_attention covers these heads here",
         py::arg("head_dim"), py::arg("groups"));
+  m.def("stream_read", &stream_read, "sum of a float32 buffer read by every thread (read bandwidth)",
+        py::arg("buffer"));
   m.def("backend", &get_backend, "the instruction set in use");
   m.def("set_backend", &set_backend, "use another supported instruction set (tests)");
   m.def("supported_backends", &supported_backends, "instruction sets this CPU runs");

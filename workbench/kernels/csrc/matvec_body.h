@@ -256,3 +256,21 @@ static void gguf(int type, const uint8_t* raw, const float* x, const float* xs, 
   else if (type == Q4_0) WB_SWITCH_M(M_, (gguf_rows<Q4_0, M>(raw, x, xs, y, N, K, n0, n1)))
   else WB_SWITCH_M(M_, (gguf_rows<Q4_1, M>(raw, x, xs, y, N, K, n0, n1)))
 }
+
+// ---- a streaming read of n floats: what the kernels above could reach if arithmetic were free ----
+// Four independent accumulators keep several loads in flight; the sum is returned so that the
+// compiler cannot drop the reads.
+static float read_sum(const float* p, int64_t n) {
+  const typename V::F one = V::set1(1.0f);
+  typename V::F a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();
+  int64_t i = 0;
+  for (; i + 4 * V::W <= n; i += 4 * V::W) {
+    a0 = V::fma(V::load(p + i), one, a0);
+    a1 = V::fma(V::load(p + i + V::W), one, a1);
+    a2 = V::fma(V::load(p + i + 2 * V::W), one, a2);
+    a3 = V::fma(V::load(p + i + 3 * V::W), one, a3);
+  }
+  float s = V::sum(a0) + V::sum(a1) + V::sum(a2) + V::sum(a3);
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
