@@ -78,7 +78,7 @@ def test_the_clock_flag_where_a_script_sizes_it():
 
 
 SCRIPTS = ["batching", "decode_vs_transformers", "distillation", "evaluation", "kernels", "kv_cache", "parallel", "pruning",
-           "quantization_ppl", "serving"]
+           "onnx_runtime", "quantization_ppl", "serving"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -77,3 +77,8 @@ class EngineClosedError(WorkbenchError):
 class StudyError(InvalidParameterError):
     """A study that cannot run: a malformed study file (named by line), an unknown spec (named with its
     cell), an unreachable Ray cluster, or a results file written by another code version."""
+
+
+class OnnxModelMismatchError(CheckpointError):
+    """An ONNX file that was not exported from the model it is loaded for (another configuration, other
+    weights, or no workbench metadata at all); the message names what differs."""
