@@ -11,7 +11,7 @@ Needs the optional packages of the [onnx] extra (onnx, onnxruntime, onnxscript).
 
 from .check import compare
 from .onnx_export import FORMAT, INT8_METHOD, export_onnx, quantize_int8, read_metadata, weights_fingerprint
-from .onnx_runtime import OnnxRunner, check_identity, describe
+from .onnx_runtime import OnnxRunner, check_identity
 
-__all__ = ["FORMAT", "INT8_METHOD", "OnnxRunner", "check_identity", "compare", "describe", "export_onnx", "quantize_int8",
+__all__ = ["FORMAT", "INT8_METHOD", "OnnxRunner", "check_identity", "compare", "export_onnx", "quantize_int8",
            "read_metadata", "weights_fingerprint"]

@@ -9,7 +9,6 @@ scores it exactly as it scores our model.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -119,9 +118,3 @@ class OnnxRunner:
             logits, past = self.step(tokens[:, None], mask, past)
         return np.stack(out, axis=1).tolist()
 
-
-def describe(runner: OnnxRunner) -> dict:
-    """What a results file records about an ONNX file."""
-    return {"file": runner.path.name, "bytes": runner.file_bytes, "quantization": runner.quantization,
-            "model": runner.metadata.get("workbench.model"), "format": runner.metadata.get("workbench.format"),
-            "config": dataclasses.asdict(runner.config)}
