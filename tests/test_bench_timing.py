@@ -104,7 +104,14 @@ def test_run_info_records_machine_versions_and_load(monkeypatch):
 
 def test_read_bandwidth_is_measured():
     bw = read_bandwidth_gb_s(mib=64, rounds=3)
-    assert 0 < bw["median"] <= bw["best"] and bw["rounds"] == 3 and bw["mib"] == 64
+    assert 0 < bw["median"] <= bw["best"] and bw["rounds"] == 3 and bw["mib"] == 64 and bw["clock"] == "wall"
+
+
+def test_read_bandwidth_on_the_cpu_clock():
+    bw = read_bandwidth_gb_s(mib=64, rounds=2, clock="cpu")
+    assert 0 < bw["median"] <= bw["best"] and bw["clock"] == "cpu"
+    with pytest.raises(InvalidParameterError):
+        read_bandwidth_gb_s(mib=8, rounds=1, clock="sundial")
 
 
 def test_csr_matmul_timing_alternates_dense_and_csr():

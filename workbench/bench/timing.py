@@ -100,25 +100,31 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-def read_bandwidth_gb_s(mib: int = 1024, rounds: int = 5) -> dict:
+def read_bandwidth_gb_s(mib: int = 1024, rounds: int = 5, clock: str = "wall") -> dict:
     """Memory read bandwidth as PyTorch sees it: a float32 buffer of `mib` MiB (several times any
     L3 cache) summed `rounds` times with the current torch threads; median and best GB/s.
 
     A streaming sum is what a decode step's weight reads look like, so this is the ceiling to hold a
-    decode's GB/s against on this machine, now."""
+    decode's GB/s against on this machine, now. `clock="cpu"` divides by CPU seconds instead (with
+    one thread: the bandwidth of a thread while it runs, which other programs on a busy machine do
+    not stretch; compare it with a decode timed the same way)."""
     import torch
+
+    if clock not in CLOCKS:
+        raise InvalidParameterError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+    timer = CLOCKS[clock]
 
     buffer = torch.ones(mib * 2**20 // 4, dtype=torch.float32)
     buffer.sum()  # touch every page once before timing
 
     def read():
-        start = now()
+        start = timer()
         buffer.sum()
-        return buffer.numel() * 4 / (now() - start) / 1e9
+        return buffer.numel() * 4 / (timer() - start) / 1e9
 
     speeds = alternate({"read": read}, rounds, warmup=0).series("read")
     return {"median": median(speeds), "best": max(speeds), "mib": mib, "rounds": rounds,
-            "threads": torch.get_num_threads(), "method": "torch.sum over a float32 buffer, medians"}
+            "threads": torch.get_num_threads(), "clock": clock, "method": "torch.sum over a float32 buffer, medians"}
 
 
 def _cpu() -> dict:
