@@ -106,7 +106,7 @@ def test_read_bandwidth_is_measured():
     from workbench import kernels
 
     bw = read_bandwidth_gb_s(mib=64, rounds=3)
-    assert 0 < bw["median"] <= bw["best"] and bw["rounds"] == 3 and bw["mib"] == 64
+    assert 0 < bw["median"] <= bw["best"] and bw["rounds"] == 3 and bw["mib"] == 64 and bw["clock"] == "wall"
     assert bw["reader"] == ("workbench" if kernels.available() else "torch.sum")
     with kernels.disabled():
         assert read_bandwidth_gb_s(mib=8, rounds=1)["reader"] == "torch.sum"
@@ -122,6 +122,13 @@ def test_stream_read_kernel_reads_every_element():
     for n in (1, 17, 1000, 1 << 20, (1 << 20) + 5):  # tails, a part per thread
         x = torch.arange(n, dtype=torch.float32) % 7
         assert kernels.stream_read(x) == pytest.approx(float(x.double().sum()), rel=1e-5)
+
+
+def test_read_bandwidth_on_the_cpu_clock():
+    bw = read_bandwidth_gb_s(mib=64, rounds=2, clock="cpu")
+    assert 0 < bw["median"] <= bw["best"] and bw["clock"] == "cpu"
+    with pytest.raises(InvalidParameterError):
+        read_bandwidth_gb_s(mib=8, rounds=1, clock="sundial")
 
 
 def test_csr_matmul_timing_alternates_dense_and_csr():

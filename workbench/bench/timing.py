@@ -100,17 +100,23 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-def read_bandwidth_gb_s(mib: int = 1024, rounds: int = 5) -> dict:
+def read_bandwidth_gb_s(mib: int = 1024, rounds: int = 5, clock: str = "wall") -> dict:
     """Memory read bandwidth now, with the current torch threads: a float32 buffer of `mib` MiB
     (several times any L3 cache) read `rounds` times by our streaming read kernel
     (`workbench.kernels.stream_read`: each thread sums its own contiguous part with wide loads),
     or by `torch.sum` where the kernels are unavailable; median and best GB/s, and which reader.
 
     A streaming read is what a decode step's weight reads look like, so this is the ceiling to
-    hold a decode's GB/s against on this machine, now."""
+    hold a decode's GB/s against on this machine, now. `clock="cpu"` divides by CPU seconds instead
+    (with one thread: the bandwidth of a thread while it runs, which other programs on a busy machine
+    do not stretch; compare it with a decode timed the same way)."""
     import torch
 
     from .. import kernels
+
+    if clock not in CLOCKS:
+        raise InvalidParameterError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+    timer = CLOCKS[clock]
 
     buffer = torch.ones(mib * 2**20 // 4, dtype=torch.float32)
     ours = kernels.stream_read(buffer) is not None  # also touches every page once before timing
@@ -119,16 +125,16 @@ def read_bandwidth_gb_s(mib: int = 1024, rounds: int = 5) -> dict:
     read_once = kernels.stream_read if ours else torch.sum
 
     def read():
-        start = now()
+        start = timer()
         read_once(buffer)
-        return buffer.numel() * 4 / (now() - start) / 1e9
+        return buffer.numel() * 4 / (timer() - start) / 1e9
 
     speeds = alternate({"read": read}, rounds, warmup=0).series("read")
     method = ("our streaming read kernel (workbench.kernels.stream_read)" if ours
               else "torch.sum (our kernels off or unavailable)")
     return {"median": median(speeds), "best": max(speeds), "mib": mib, "rounds": rounds,
-            "threads": torch.get_num_threads(), "reader": "workbench" if ours else "torch.sum",
-            "method": f"{method} over a float32 buffer of {mib} MiB, {rounds} reads, median and best"}
+            "threads": torch.get_num_threads(), "reader": "workbench" if ours else "torch.sum", "clock": clock,
+            "method": f"{method} over a float32 buffer of {mib} MiB, {rounds} reads ({clock} clock), median and best"}
 
 
 def _cpu() -> dict:
