@@ -4,18 +4,8 @@ draft length that speculative decoding should use."""
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
-from ..checkpoints.gguf_file import GGUFCheckpoint
-from ..checkpoints.registry import DEFAULT_MODEL, bundled_path
-from ..config import ModelConfig
-from .checking import Exercise, Verdict, expect_close, expect_equal, not_answered
-
-
-@lru_cache(maxsize=1)
-def bundled_config() -> ModelConfig:
-    """The bundled model's shape, read from its GGUF header (no weights loaded)."""
-    return GGUFCheckpoint(bundled_path(DEFAULT_MODEL)).config
+from .checking import Exercise, Verdict, bundled_config, expect_close, expect_equal, not_answered
 
 
 # --- ONNX export: a decode step's graph takes the whole KV cache as inputs -----------------------------
