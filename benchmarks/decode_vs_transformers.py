@@ -356,9 +356,7 @@ def run(args) -> dict:
         engines, tokenizer, llama_cpp_absent = build_engines(args, Path(tmp), stack)
         if llama_cpp_absent:
             print(f"llama.cpp: {llama_cpp_absent}; running the other engines", file=sys.stderr, flush=True)
-        status = kernels.status()  # its build directory is a path of this machine: only the build's name
-        info["kernels"] = {**{k: v for k, v in status.items() if k != "build_dir"},
-                           "build": Path(status["build_dir"]).name}
+        info["kernels"] = kernels.status()
         for batch in args.batches:
             prompts = benchmark_prompts(tokenizer, batch, P)
             active = {label(e): e for e in engines if e.batches is None or batch in e.batches}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 
 # Room -> floor. A room may import its own modules and rooms on lower floors, nothing else.
@@ -95,3 +97,25 @@ def test_architecture_md_names_every_room():
              if (p.suffix == ".py" or (p / "__init__.py").is_file()) and p.stem != "__init__"}
     missing = sorted(r for r in rooms if f"`{r}" not in text)
     assert not missing, f"rooms missing from ARCHITECTURE.md: {missing}"
+
+
+def test_no_machine_paths_in_tracked_files():
+    """Results, notebooks and docs name no path of the machine that wrote them (a cache root, a home,
+    a temporary directory): a reader elsewhere has none of them."""
+    import re
+    import subprocess
+
+    root = PACKAGE.parent
+    listed = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    pattern = re.compile(r"(?<![\w.$])/(?:root|home/\w+|tmp|work)/")
+    bad = []
+    for name in listed.stdout.split():
+        path = root / name
+        if name.startswith("tests/") or path.suffix not in {".py", ".md", ".ipynb", ".json", ".csv", ".txt", ".toml"}:
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if pattern.search(line):
+                bad.append(f"{name}:{number}: {line.strip()[:120]}")
+    assert not bad, "machine paths in tracked files:\n" + "\n".join(bad[:20])

@@ -32,3 +32,15 @@ def test_comparisons_say_what_is_wrong():
     assert not expect_close("abc", 1.0, "x") and not expect_close(float("nan"), 1.0, "x")
     assert expect_equal((2, 3), (2, 3), "shape") and not expect_equal(3, 4, "n")
     assert "no answer yet" in expect_equal(..., 4, "n").message
+
+
+def test_every_notebook_calls_its_exercise_checks():
+    """Each notebook imports exercise checks, and every exercise module is used by a notebook."""
+    from pathlib import Path
+
+    notebooks = sorted((Path(__file__).parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    sources = {nb.name: nb.read_text() for nb in notebooks}
+    missing = [name for name, text in sources.items() if "workbench.exercises" not in text]
+    assert not missing, f"notebooks without exercise checks: {missing}"
+    unused = [m for m in MODULES if not any(f"exercises.{m}" in t or f"import {m}" in t for t in sources.values())]
+    assert not unused, f"exercise modules no notebook uses: {unused}"

@@ -116,8 +116,9 @@ def _compile(verbose: bool):
 
 
 def status() -> dict:
-    """What `load()` found: available, backend, the reason when unavailable, build seconds, build dir."""
+    """What `load()` found: available, backend, the reason when unavailable, build seconds, and the build's
+    id (its directory's name under the cache root: results files name no machine's paths)."""
     module = load()
     return {"available": module is not None, "backend": module.backend() if module else None,
             "supported_backends": module.supported_backends() if module else [],
-            "reason": _state.get("reason"), "build_s": _state.get("build_s"), "build_dir": str(build_dir())}
+            "reason": _state.get("reason"), "build_s": _state.get("build_s"), "build": build_dir().name}
