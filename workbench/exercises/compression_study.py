@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..study.analysis import composition, pareto_front
-from .checking import Exercise, Verdict, not_answered
+from .checking import Exercise, Verdict, call_answer, not_answered
 
 
 # -- 1. the Pareto front ----------------------------------------------------------------------------
@@ -32,12 +32,9 @@ def check_pareto(fn) -> Verdict:
         return verdict
     for frame in _frames():
         expected = pareto_front(frame, "weight_bytes").tolist()
-        try:
-            got = fn(frame.copy())
-        except Exception as exc:
-            return Verdict(False, f"your function raised {type(exc).__name__}: {exc}")
-        if got is None:
-            return Verdict(False, "no answer yet: your function returns nothing.")
+        got, verdict = call_answer(fn, frame.copy())
+        if verdict is not None:
+            return verdict
         got = [bool(v) for v in got]
         if len(got) != len(frame):
             return Verdict(False, f"return one True/False per row: {len(frame)} rows, got {len(got)} values.")
@@ -87,12 +84,9 @@ def check_predicted_ppl(fn) -> Verdict:
         return verdict
     for case in COMPOSE_CASES:
         expected = float(composition(_study_rows(*case, measured=case[0] * 2))["ppl_predicted"].iloc[0])
-        try:
-            got = fn(*case)
-        except Exception as exc:
-            return Verdict(False, f"your function raised {type(exc).__name__}: {exc}")
-        if got is None:
-            return Verdict(False, "no answer yet: your function returns nothing.")
+        got, verdict = call_answer(fn, *case)
+        if verdict is not None:
+            return verdict
         if not abs(float(got) - expected) <= 1e-6 * expected:
             return Verdict(False, f"for (base, pruned, quantized) = {case} you predict {float(got):.4g}, "
                                   f"workbench.study.composition predicts {expected:.4g}. Hint: "

@@ -10,7 +10,7 @@ import torch
 
 from ..eval import perplexity
 from ..evals.tasks import mean_ci
-from .checking import Exercise, Verdict, not_answered
+from .checking import Exercise, Verdict, call_answer, not_answered
 from .kv_cache import _tiny_model
 
 
@@ -33,12 +33,9 @@ def check_perplexity(fn) -> Verdict:
     for seed, length in ((0, 12), (1, 40), (2, 97)):
         ids, logprobs = _scored_text(seed, length)
         expected = perplexity(model, ids, window=length).ppl    # one window: every token after the first
-        try:
-            got = fn(list(logprobs))
-        except Exception as exc:
-            return Verdict(False, f"your function raised {type(exc).__name__}: {exc}")
-        if got is None:
-            return Verdict(False, "no answer yet: your function returns nothing.")
+        got, verdict = call_answer(fn, list(logprobs))
+        if verdict is not None:
+            return verdict
         if not math.isclose(float(got), expected, rel_tol=1e-4):
             return Verdict(False, f"for {len(logprobs)} log-probs you get {float(got):.6g}, "
                                   f"workbench.eval.perplexity gives {expected:.6g}. Hint: perplexity = "
@@ -65,12 +62,9 @@ def check_interval_half_width(fn) -> Verdict:
         scores = _scores(n, accuracy)
         mean, low, high = mean_ci(scores)
         bootstrap = (high - low) / 2
-        try:
-            got = fn(list(scores))
-        except Exception as exc:
-            return Verdict(False, f"your function raised {type(exc).__name__}: {exc}")
-        if got is None:
-            return Verdict(False, "no answer yet: your function returns nothing.")
+        got, verdict = call_answer(fn, list(scores))
+        if verdict is not None:
+            return verdict
         if not abs(float(got) - bootstrap) <= 0.15 * bootstrap:
             return Verdict(False, f"for {n} questions at {mean:.0%} you get ±{float(got):.3f}; the bootstrap's "
                                   f"95% interval is ±{bootstrap:.3f}. Hint: 1.96 x the standard deviation of the "

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..config import ModelConfig
 from ..parallel.cost import LINKS, PAPER_CONFIGS, Link, predict_decode_tok_s, tensor_parallel_payload
 from ..parallel.plan import tensor_shards
-from .checking import Exercise, Verdict, expect_close, not_answered
+from .checking import Exercise, Verdict, call_answer, expect_close, not_answered
 
 BANDWIDTH = 2e12            # one GPU's memory bandwidth in the notebook's performance model (bytes/s)
 HEAD_CASES = [(3, 2), (8, 8), (8, 3), (12, 5), (1, 1), (32, 4)]   # (KV heads, ranks)
@@ -27,12 +27,9 @@ def check_kv_heads_per_rank(fn) -> Verdict:
         return verdict
     for case in HEAD_CASES:
         expected = kv_heads_per_rank(*case)
-        try:
-            got = fn(*case)
-        except Exception as exc:
-            return Verdict(False, f"your function raised {type(exc).__name__}: {exc}")
-        if got is None:
-            return Verdict(False, "no answer yet: your function returns nothing.")
+        got, verdict = call_answer(fn, *case)
+        if verdict is not None:
+            return verdict
         if list(got) != expected:
             return Verdict(False, f"{case[0]} KV heads on {case[1]} ranks: you give {list(got)}, "
                                   f"workbench.parallel.tensor_shards gives {expected}. Hint: divmod(heads, ranks); "

@@ -3,7 +3,6 @@ and the int8 decode speed-up predicted from bytes."""
 
 from __future__ import annotations
 
-from functools import partial
 
 import torch
 

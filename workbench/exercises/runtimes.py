@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from .checking import Exercise, Verdict, bundled_config, expect_close, expect_equal, not_answered
+from .checking import Exercise, Verdict, bundled_config, call_answer, expect_close, expect_equal
 
 
 # --- ONNX export: a decode step's graph takes the whole KV cache as inputs -----------------------------
@@ -63,17 +63,12 @@ CASES = [(0.0, 4), (0.5, 1), (0.6, 3), (0.8, 5), (0.9, 8), (1.0, 4)]
 
 def check_expected_tokens(fn) -> Verdict:
     """`fn(alpha, k)`: the expected number of tokens one verify step yields."""
-    if (verdict := not_answered(fn)) is not None:
-        return verdict
-    if not callable(fn):
-        return Verdict(False, "pass a function of (alpha, k), e.g. `def f(alpha, k): ...`.")
     for alpha, k in CASES:
-        try:
-            got = fn(alpha, k)
-        except Exception as e:  # the learner's code: report, do not raise
-            return Verdict(False, f"fn({alpha}, {k}) raised {type(e).__name__}: {e}")
+        got, verdict = call_answer(fn, alpha, k)
+        if verdict is not None:
+            return verdict
         want = expected_tokens_solution(alpha, k)
-        if got is None or not math.isclose(float(got), want, rel_tol=1e-6):
+        if not math.isclose(float(got), want, rel_tol=1e-6):
             return Verdict(False, f"fn({alpha}, {k}) = {got!r}, expected {want:.4f}. Hint: the first draft "
                                   "token is accepted with probability alpha, the first two with alpha**2, ... and "
                                   "the target always adds one token of its own.")
