@@ -72,9 +72,13 @@ def run_isolated(fn, *args, log_path, **kwargs):
     # evalscope's progress bars fail when tqdm is switched off (TqdmLogging reads attributes a disabled
     # bar never sets), and some library we run beside it sets TQDM_DISABLE=1: the child starts without it
     saved = os.environ.pop("TQDM_DISABLE", None)
+    pool = mp.get_context("spawn").Pool(1)
     try:
-        with mp.get_context("spawn").Pool(1) as pool:
-            return pool.apply(_call_logged, (str(log_path), fn, args, kwargs))
+        return pool.apply(_call_logged, (str(log_path), fn, args, kwargs))
     finally:
+        # Let the worker exit on its own: evalscope's perf run leaves a SIGTERM handler behind in it, so
+        # the pool's terminate() (what `with Pool()` does on exit) can wait forever for a worker that ignores it.
+        pool.close()
+        pool.join()
         if saved is not None:
             os.environ["TQDM_DISABLE"] = saved
