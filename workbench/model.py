@@ -219,6 +219,11 @@ def weight_bytes(module: nn.Module) -> int:
 class LlamaModel(nn.Module):
     """Token ids in, next-token logits out; optionally reading and extending a `KVCache`."""
 
+    # Seam: `workbench.kernels.enable` points this at one native call for every layer of a decode
+    # step (the same maths); called as fn(model, x, cos, sin, cache), it returns the hidden rows after
+    # the last layer, or None where it does not apply, and then the layers run one by one.
+    decode_stack_fn = None
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -256,13 +261,21 @@ class LlamaModel(nn.Module):
             positions = cache.prepare(input_ids)
         cos, sin = self.rotary(positions, self.dtype)
         x = self.model.embed_tokens(input_ids).to(self.dtype)
-        for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, cache, i)
+        stacked = None
+        if T == 1 and cache is not None and self.decode_stack_fn is not None:
+            stacked = self.decode_stack_fn(self, x, cos, sin, cache)
+        x = self.run_layers(x, cos, sin, cache) if stacked is None else stacked
         if cache is not None:
             cache.advance()
         if last_only:
             x = x[:, -1:] if cache is None else cache.last(x)
         return self.lm_head(self.model.norm(x))
+
+    def run_layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None) -> torch.Tensor:
+        """The hidden rows after every decoder layer, one layer after another."""
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, cache, i)
+        return x
 
     def weight_bytes(self) -> int:
         """Bytes of every parameter and buffer that holds weights (tied tensors counted once)."""

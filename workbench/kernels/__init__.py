@@ -20,6 +20,10 @@ products (AVX-512 VNNI), which is what lets 4-bit weights decode faster than 8-b
 where the CPU has VNNI; `set_int4_activations("float")` or `WORKBENCH_INT4_ACTIVATIONS=float` keeps
 them float32 (exact weight-only), "int8" forces the rounding everywhere (a portable loop without VNNI).
 
+A whole decode step's layers can also run in one native call (`stack.py`, `csrc/stack.h`): the same
+maths and kernels, without PyTorch dispatching a dozen small operations per layer from Python, which
+otherwise costs a large share of a step at batch 1. `enable` sets it as the model's `decode_stack_fn`.
+
 Where a kernel and PyTorch's operator both apply to a float layer or decode operation, which of the
 two runs is measured per shape, dtype and batch size at first use (`choice.py`): our kernels win at
 one or two rows and can lose to PyTorch's GEMM at eight, and the crossing depends on the machine.
@@ -42,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidParameterError
-from ..model import Attention, RMSNorm, apply_rope, attention
+from ..model import Attention, LlamaModel, RMSNorm, apply_rope, attention
 from . import build, choice
 from .choice import bucket, run_faster
 from .memory import move_weights_to_huge_pages
@@ -262,6 +266,10 @@ class KernelLinear(nn.Linear):
         layer.register_parameter("bias", None)
         return layer
 
+    def kernel_spec(self):
+        """What the decode stack (stack.py) needs to compute this product: ("dense", weight, scale)."""
+        return ("dense", self.weight, None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         if rows > MAX_ROWS:
@@ -291,6 +299,8 @@ def enable(model: nn.Module) -> nn.Module:
                 setattr(parent, name, KernelRMSNorm.from_norm(child))
         if isinstance(parent, Attention):
             parent.rope_fn, parent.attention_fn = rope, decode_attention
+        if isinstance(parent, LlamaModel):
+            parent.decode_stack_fn = decode_stack
     return model
 
 
@@ -298,9 +308,9 @@ def disable(model: nn.Module) -> nn.Module:
     """Undo `enable`: plain `nn.Linear` and `RMSNorm` modules (same weight tensors), PyTorch's rotary
     embedding and attention."""
     for parent in list(model.modules()):
-        if isinstance(parent, Attention):  # back to the class's seams
-            parent.__dict__.pop("rope_fn", None)
-            parent.__dict__.pop("attention_fn", None)
+        if isinstance(parent, (Attention, LlamaModel)):  # back to the class's seams
+            for seam in ("rope_fn", "attention_fn", "decode_stack_fn"):
+                parent.__dict__.pop(seam, None)
         for name, child in list(parent.named_children()):
             if isinstance(child, KernelRMSNorm):
                 plain = RMSNorm.__new__(RMSNorm)
@@ -315,3 +325,6 @@ def disable(model: nn.Module) -> nn.Module:
                 plain.register_parameter("bias", None)
                 setattr(parent, name, plain)
     return model
+
+
+from .stack import decode_stack  # noqa: E402  (it reads the classes and switches above)

@@ -69,6 +69,9 @@ class Int8WeightOnlyLinear(QuantizedLinear):
     def dequantize_rows(self, rows):
         return self.qweight[rows].float() * self.scale[rows]
 
+    def kernel_spec(self):  # what the kernels' decode stack computes this product from
+        return ("dense", self.qweight, self.scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # our kernel for a few rows of x, else dequantize
         y = kernels.dense_linear(x, self.qweight, self.scale, max_rows=kernels.MAX_ROWS_QUANTIZED)
         return super().forward(x) if y is None else y
@@ -109,6 +112,9 @@ class Int4WeightOnlyLinear(QuantizedLinear):
         zp, scale = self.zero_point[rows].float().unsqueeze(-1), self.scale[rows].unsqueeze(-1)
         return ((groups - zp) * scale).reshape(q.shape)[..., :self.in_features]
 
+    def kernel_spec(self):
+        return ("int4", self.packed, self.scale, self.zero_point, self.group_size, self.in_features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = kernels.int4_linear(x, self.packed, self.scale, self.zero_point, self.group_size)
         return super().forward(x) if y is None else y
@@ -125,6 +131,9 @@ class W8A8Linear(Int8WeightOnlyLinear):
         super().__init__(weight, observer)
         self.register_buffer("qweight_t", self.qweight.t().contiguous())  # (in, out) for _int_mm
         del self.qweight
+
+    def kernel_spec(self):  # int8 activations: not a product the kernels compute
+        return None
 
     def dequantize_rows(self, rows):
         return self.qweight_t.t()[rows].float() * self.scale[rows]
@@ -158,6 +167,9 @@ class GGUFBlockLinear(QuantizedLinear):
         raw = self.raw[rows]
         out = gguf_blocks.BLOCK_DEQUANTIZERS[self.type_name](raw.reshape(-1, gguf_blocks.BLOCK_BYTES[self.type_name]))
         return out.reshape(*raw.shape[:-1], self.in_features)
+
+    def kernel_spec(self):
+        return ("gguf", self.raw, self.type_name, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = kernels.gguf_linear(x, self.raw, self.type_name)

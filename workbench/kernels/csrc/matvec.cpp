@@ -360,15 +360,17 @@ static at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double
   return y;
 }
 
-// x * cos + rotate_half(x) * sin, each operation rounded to T as PyTorch's would be.
+// x * cos + rotate_half(x) * sin, each operation rounded to T as PyTorch's would be. y's row of
+// sequence b, head h starts at y + b * yb + h * yh (the decode stack writes keys into the cache).
 template <typename T>
-static void rope_rows(const at::Tensor& x, const T* cos, const T* sin, T* y, int64_t B, int64_t H, int64_t hd) {
+static void rope_rows(const at::Tensor& x, const T* cos, const T* sin, T* y, int64_t B, int64_t H, int64_t hd,
+                      int64_t yb, int64_t yh) {
   const int64_t half = hd / 2;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h) {
       const T* xr = (const T*)x.data_ptr() + b * x.stride(0) + h * x.stride(1);
       const T *c = cos + b * hd, *s = sin + b * hd;
-      T* yr = y + (b * H + h) * hd;
+      T* yr = y + b * yb + h * yh;
       for (int64_t i = 0; i < hd; ++i) {
         const float rotated = i < half ? -widen(xr[i + half]) : widen(xr[i - half]);
         yr[i] = narrow<T>(widen(narrow<T>(widen(xr[i]) * widen(c[i]))) + widen(narrow<T>(rotated * widen(s[i]))));
@@ -387,9 +389,10 @@ static at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Ten
               "rope: contiguous cos and sin of shape (B, 1, 1, hd) in x's dtype");
   at::Tensor y = at::empty({B, H, 1, hd}, x.options());
   if (x.scalar_type() == at::kFloat)
-    rope_rows(x, cos.data_ptr<float>(), sin.data_ptr<float>(), y.data_ptr<float>(), B, H, hd);
+    rope_rows(x, cos.data_ptr<float>(), sin.data_ptr<float>(), y.data_ptr<float>(), B, H, hd, H * hd, hd);
   else
-    rope_rows(x, (const uint16_t*)cos.data_ptr(), (const uint16_t*)sin.data_ptr(), (uint16_t*)y.data_ptr(), B, H, hd);
+    rope_rows(x, (const uint16_t*)cos.data_ptr(), (const uint16_t*)sin.data_ptr(), (uint16_t*)y.data_ptr(), B, H, hd,
+              H * hd, hd);
   return y;
 }
 
@@ -462,6 +465,8 @@ static double stream_read(const at::Tensor& buffer) {
   return total;
 }
 
+#include "stack.h"
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "workbench decode matrix-vector kernels (float32, bfloat16, int8, int4, GGUF blocks)";
   m.def("dense", &dense, "y = x @ w.T for float32/bfloat16 w, or int8 w times a per-row scale",
@@ -484,6 +489,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("head_dim"), py::arg("groups"));
   m.def("stream_read", &stream_read, "sum of a float32 buffer read by every thread (read bandwidth)",
         py::arg("buffer"));
+  py::class_<DecodeStack>(m, "DecodeStack", "every decoder layer of one decode step in one call (stack.h)")
+      .def(py::init<py::list, double, int64_t, int64_t, int64_t>(), py::arg("layers"), py::arg("eps"),
+           py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"))
+      .def("run", &DecodeStack::run, "hidden rows after every layer; writes this step's keys and values",
+           py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("k_cache"), py::arg("v_cache"), py::arg("start"),
+           py::arg("mask") = py::none());
   m.def("backend", &get_backend, "the instruction set in use");
   m.def("set_backend", &set_backend, "use another supported instruction set (tests)");
   m.def("supported_backends", &supported_backends, "instruction sets this CPU runs");

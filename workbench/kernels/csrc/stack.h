@@ -1,0 +1,163 @@
+// One decode step through every decoder layer in a single call (included by matvec.cpp).
+//
+// The same maths as model.DecoderLayer for one new token per sequence over a plain KVCache: RMSNorm,
+// the q/k/v products, the rotary embedding (keys written straight into the cache slot), attention,
+// the output product and residual, RMSNorm, SwiGLU and residual. Every product runs on the kernels
+// above, in the layer's own stored form. From Python each layer costs about a dozen dispatched
+// operations, tens of microseconds each at decode size; here they are plain C++ calls, and the
+// elementwise work is a loop over a few hundred numbers. Each result is rounded to the activation
+// dtype where PyTorch's operation would round it, so bfloat16 models compute what the layers do.
+
+// One weight matrix's product, as the Python layer describes it (kernels/stack.py):
+// ("dense", w, scale or None) | ("int4" or "int4_q8", packed, scale, zero, group size, in features) |
+// ("gguf", raw, type id, in features).
+struct LinearOp {
+  enum Kind { DENSE, INT4, INT4_Q8, GGUF };
+  Kind kind = DENSE;
+  at::Tensor w, scale, zero;
+  bool scaled = false;
+  int64_t group = 0, type = 0, in_features = 0;
+
+  static LinearOp parse(const py::tuple& t) {
+    LinearOp op;
+    const std::string kind = t[0].cast<std::string>();
+    if (kind == "dense") {
+      op.w = t[1].cast<at::Tensor>();
+      op.scaled = !t[2].is_none();
+      if (op.scaled) op.scale = t[2].cast<at::Tensor>().to(at::kFloat).contiguous();
+      TORCH_CHECK(op.w.dim() == 2 && op.w.is_contiguous(), "dense: a contiguous (out, in) weight");
+      op.in_features = op.w.size(1);
+    } else if (kind == "int4" || kind == "int4_q8") {
+      op.kind = kind == "int4" ? INT4 : INT4_Q8;
+      op.w = t[1].cast<at::Tensor>(), op.scale = t[2].cast<at::Tensor>().contiguous();
+      op.zero = t[3].cast<at::Tensor>().contiguous();
+      op.group = t[4].cast<int64_t>(), op.in_features = t[5].cast<int64_t>();
+      check_int4(op.w, op.scale, op.zero, op.group, op.in_features);
+      TORCH_CHECK(op.kind == INT4 || q8::fits(op.group, op.w.size(1) * 2), "int4_q8 does not cover group size ",
+                  op.group);
+    } else if (kind == "gguf") {
+      op.kind = GGUF;
+      op.w = t[1].cast<at::Tensor>(), op.type = t[2].cast<int64_t>(), op.in_features = t[3].cast<int64_t>();
+    } else {
+      TORCH_CHECK(false, "unknown product kind '", kind, "'");
+    }
+    return op;
+  }
+
+  int64_t out_features() const { return w.size(0); }
+
+  at::Tensor operator()(const at::Tensor& x) const {
+    switch (kind) {
+      case INT4: return int4(x, w, scale, zero, group, in_features);
+      case INT4_Q8: return int4_q8(x, w, scale, zero, group, in_features);
+      case GGUF: return gguf(x, w, type, in_features);
+      default: return dense(x, w, scaled ? c10::optional<at::Tensor>(scale) : c10::nullopt);
+    }
+  }
+};
+
+struct StackLayer {
+  at::Tensor attn_norm, mlp_norm;
+  LinearOp q, k, v, o, gate, up, down;
+};
+
+// y += d, rounded to T.
+template <typename T>
+static void add_into(at::Tensor& y, const at::Tensor& d) {
+  T* yp = (T*)y.data_ptr();
+  const T* dp = (const T*)d.data_ptr();
+  for (int64_t i = 0, n = y.numel(); i < n; ++i) yp[i] = narrow<T>(widen(yp[i]) + widen(dp[i]));
+}
+
+// g = silu(g) * u, the silu rounded to T before the product as F.silu(g) * u rounds it.
+template <typename T>
+static void silu_mul_into(at::Tensor& g, const at::Tensor& u) {
+  T* gp = (T*)g.data_ptr();
+  const T* up = (const T*)u.data_ptr();
+  for (int64_t i = 0, n = g.numel(); i < n; ++i) {
+    const float a = widen(gp[i]);
+    gp[i] = narrow<T>(widen(narrow<T>(a / (1.0f + std::exp(-a)))) * widen(up[i]));
+  }
+}
+
+class DecodeStack {
+ public:
+  DecodeStack(py::list layers, double eps, int64_t heads, int64_t kv_heads, int64_t head_dim)
+      : eps_(eps), H_(heads), KVH_(kv_heads), hd_(head_dim) {
+    TORCH_CHECK(heads > 0 && kv_heads > 0 && heads % kv_heads == 0 && head_dim % 2 == 0,
+                "decode stack: heads a multiple of KV heads, an even head size");
+    for (const auto& item : layers) {
+      const py::tuple t = item.cast<py::tuple>();
+      TORCH_CHECK(t.size() == 9, "a layer is (attention norm, MLP norm, q, k, v, o, gate, up, down)");
+      StackLayer l{t[0].cast<at::Tensor>().contiguous(), t[1].cast<at::Tensor>().contiguous(),
+                   LinearOp::parse(t[2]), LinearOp::parse(t[3]), LinearOp::parse(t[4]), LinearOp::parse(t[5]),
+                   LinearOp::parse(t[6]), LinearOp::parse(t[7]), LinearOp::parse(t[8])};
+      TORCH_CHECK(l.q.out_features() == H_ * hd_ && l.k.out_features() == KVH_ * hd_ &&
+                  l.v.out_features() == KVH_ * hd_, "decode stack: q/k/v products do not match the heads");
+      layers_.push_back(std::move(l));
+    }
+  }
+
+  // x (B, 1, D) after the embedding; cos, sin (B, 1, 1, hd) in x's dtype; k_cache, v_cache (layers, B,
+  // KV heads, max_len, hd) of a KVCache; start: the slot this token's keys go to; mask (B or 1, 1, 1,
+  // start + 1) bool or none. Returns the hidden rows after the last layer, (B, 1, D).
+  at::Tensor run(const at::Tensor& x_, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& k_cache,
+                 const at::Tensor& v_cache, int64_t start, const c10::optional<at::Tensor>& mask) const {
+    TORCH_CHECK(float_or_bf16(x_) && x_.dim() == 3 && x_.size(1) == 1, "decode stack: x (B, 1, D), float32 or "
+                "bfloat16");
+    const int64_t B = x_.size(0), L = (int64_t)layers_.size();
+    TORCH_CHECK(k_cache.dim() == 5 && k_cache.sizes() == v_cache.sizes() && k_cache.strides() == v_cache.strides() &&
+                k_cache.size(0) == L && k_cache.size(1) == B && k_cache.size(2) == KVH_ && k_cache.size(4) == hd_ &&
+                k_cache.stride(4) == 1 && k_cache.scalar_type() == x_.scalar_type() &&
+                v_cache.scalar_type() == x_.scalar_type() && start >= 0 && start < k_cache.size(3),
+                "decode stack: caches (layers, B, KV heads, max_len, head size) of x's dtype, a free slot");
+    TORCH_CHECK(cos.scalar_type() == x_.scalar_type() && sin.scalar_type() == x_.scalar_type() &&
+                cos.is_contiguous() && sin.is_contiguous() && cos.numel() == B * hd_ && sin.numel() == B * hd_,
+                "decode stack: contiguous cos and sin (B, 1, 1, hd) in x's dtype");
+    at::Tensor x = x_.contiguous().clone();  // the residual stream, updated in place
+    if (x.scalar_type() == at::kFloat) return run_as<float>(x, cos, sin, k_cache, v_cache, start, mask);
+    return run_as<uint16_t>(x, cos, sin, k_cache, v_cache, start, mask);
+  }
+
+ private:
+  template <typename T>
+  at::Tensor run_as(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& k_cache,
+                    const at::Tensor& v_cache, int64_t start, const c10::optional<at::Tensor>& mask) const {
+    const int64_t B = x.size(0), groups = H_ / KVH_;
+    const T *c = (const T*)cos.data_ptr(), *s = (const T*)sin.data_ptr();
+    const bool kernel_attention = decode_attention_fits(hd_, groups);
+    for (int64_t l = 0; l < (int64_t)layers_.size(); ++l) {
+      const StackLayer& layer = layers_[l];
+      at::Tensor h = rms_norm(x, layer.attn_norm, eps_);
+      const at::Tensor q = layer.q(h), k = layer.k(h), v = layer.v(h);
+      const at::Tensor kl = k_cache.select(0, l), vl = v_cache.select(0, l);
+      at::Tensor qr = at::empty({B, H_, 1, hd_}, x.options());
+      rope_rows<T>(q.view({B, H_, 1, hd_}), c, s, (T*)qr.data_ptr(), B, H_, hd_, H_ * hd_, hd_);
+      T* kslot = (T*)kl.data_ptr() + start * kl.stride(2);
+      rope_rows<T>(k.view({B, KVH_, 1, hd_}), c, s, kslot, B, KVH_, hd_, kl.stride(0), kl.stride(1));
+      T* vslot = (T*)vl.data_ptr() + start * vl.stride(2);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t g = 0; g < KVH_; ++g)
+          std::memcpy(vslot + b * vl.stride(0) + g * vl.stride(1), (const T*)v.data_ptr() + (b * KVH_ + g) * hd_,
+                      hd_ * sizeof(T));
+      const at::Tensor keys = kl.narrow(2, 0, start + 1), values = vl.narrow(2, 0, start + 1);
+      at::Tensor att;
+      if (kernel_attention) {
+        att = decode_attention(qr, keys, values, mask);
+      } else {  // model.attention's one-query path: the query heads of a KV group along the query axis
+        att = at::scaled_dot_product_attention(qr.view({B, KVH_, groups, hd_}), keys, values, mask)
+                  .reshape({B, 1, H_ * hd_});
+      }
+      add_into<T>(x, layer.o(att));
+      h = rms_norm(x, layer.mlp_norm, eps_);
+      at::Tensor gate = layer.gate(h);
+      silu_mul_into<T>(gate, layer.up(h));
+      add_into<T>(x, layer.down(gate));
+    }
+    return x;
+  }
+
+  std::vector<StackLayer> layers_;
+  double eps_;
+  int64_t H_, KVH_, hd_;
+};
