@@ -67,9 +67,9 @@ def decode_both_ways(model, prompts, steps=5):
 
 
 def tolerance(quant):
-    """int4 layers round activations to int8 where the CPU has VNNI: a last-bit difference upstream
+    """4-bit layers round activations to int8 where the CPU has VNNI: a last-bit difference upstream
     (exp, summation order) can move one rounding step of 1/127 of a block's largest activation."""
-    rounds = quant and quant.startswith("int4") and kernels.int4_activations() == "int8"
+    rounds = quant and quant.startswith(("int4", "q4_")) and kernels.int4_activations() == "int8"
     return dict(rtol=1e-2, atol=1e-2) if rounds else dict(rtol=1e-4, atol=1e-4)
 
 

@@ -69,6 +69,9 @@ def layer_input(layer, x: torch.Tensor) -> torch.Tensor:
     if (isinstance(layer, Int4WeightOnlyLinear) and kernels.int4_activations() == "int8"
             and build.load().int4_q8_fits(layer.group_size, layer.packed.shape[1] * 2)):
         return int8_rounded(x, layer.packed.shape[1] * 2)
+    if (isinstance(layer, GGUFBlockLinear) and layer.type_name in ("Q4_0", "Q4_1")
+            and kernels.int4_activations() == "int8"):
+        return int8_rounded(x, x.shape[-1])
     return x
 
 
@@ -194,6 +197,26 @@ def test_gguf_blocks_match_float64(ops, each_backend, threads, type_name):
             check(ops.gguf(x, layer.raw, kernels.GGUF_TYPES[type_name], 1088), layer.dequantized_weight(), x,
                   gguf_magnitudes(layer))
     each_backend(body)
+
+
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1"])
+@torch.inference_mode()
+def test_gguf_4bit_with_int8_activations_matches_the_rounded_product(ops, each_backend, threads, type_name):
+    """VNNI (avx512 backend) and the portable loop (the others) against float64 on rounded activations;
+    18 blocks per row (an odd last pair) and 48."""
+    gen = torch.Generator().manual_seed(2)
+    type_id = kernels.GGUF_TYPES[type_name]
+    assert not ops.gguf_q8_fits(kernels.GGUF_TYPES["Q8_0"], 576) and not ops.gguf_q8_fits(type_id, 100)
+    for out, K in ((203, 576), (37, 1536)):
+        layer = GGUFBlockLinear(torch.randn(out, K, generator=gen), type_name)
+
+        def body(_):
+            for rows in (1, 2, 5):
+                x = torch.randn(rows, K, generator=gen) * torch.rand(1, K, generator=gen) * 8  # uneven blocks
+                x[0, :40] = 0  # an all-zero block: scale 0, no division by it
+                y = ops.gguf_q8(x, layer.raw, type_id, K)
+                check(y, layer.dequantized_weight(), int8_rounded(x, K), gguf_magnitudes(layer))
+        each_backend(body)
 
 
 @torch.inference_mode()

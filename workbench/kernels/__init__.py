@@ -14,9 +14,10 @@ Where they apply (all on CPU, inference only, a few rows of x):
   new token per sequence over its KV cache (float32 or bfloat16; attention on the AVX-512 backend).
   PyTorch spends more time per call on these small operations than on their arithmetic.
 
-One exception to float activations, like llama.cpp's 4-bit dot products: int4 layers round the
-activation row to int8 per block of 32 inputs (scale max|x| / 127) and multiply on integer dot
-products (AVX-512 VNNI), which is what lets 4-bit weights decode faster than 8-bit ones. It is on
+One exception to float activations, like llama.cpp's 4-bit dot products: 4-bit layers (int4, and
+GGUF Q4_0 / Q4_1 blocks) round the activation row to int8 per block of 32 inputs (scale max|x| / 127)
+and multiply on integer dot products (AVX-512 VNNI), which is what lets 4-bit weights decode faster
+than 8-bit ones. It is on
 where the CPU has VNNI; `set_int4_activations("float")` or `WORKBENCH_INT4_ACTIVATIONS=float` keeps
 them float32 (exact weight-only), "int8" forces the rounding everywhere (a portable loop without VNNI).
 
@@ -79,7 +80,7 @@ def disabled():
 
 
 def set_int4_activations(mode: str | None):
-    """How int4 layers treat activations on the kernel path: "int8" (rounded per block of 32, integer
+    """How 4-bit layers (int4, GGUF Q4_0 and Q4_1) treat activations on the kernel path: "int8" (rounded per block of 32, integer
     dot products), "float" (exact weight-only), or None (the default: int8 where the CPU has VNNI)."""
     global _int4_activations
     if mode is not None and mode not in INT4_ACTIVATIONS:
@@ -100,7 +101,7 @@ def using_int4_activations(mode: str | None):
 
 
 def int4_activations() -> str:
-    """The mode int4 layers use now: "int8" or "float" (see `set_int4_activations`)."""
+    """The mode 4-bit layers use now: "int8" or "float" (see `set_int4_activations`)."""
     global _int4_activations
     if _int4_activations is None:  # resolved once: this runs for every int4 layer of every decode step
         mode = os.environ.get("WORKBENCH_INT4_ACTIVATIONS", "").lower()
@@ -169,7 +170,10 @@ def gguf_linear(x: torch.Tensor, raw: torch.Tensor, type_name: str) -> torch.Ten
     ops = _ops(x, None, MAX_ROWS_QUANTIZED)
     if ops is None or type_name not in GGUF_TYPES or not raw.is_contiguous():
         return None
-    return ops.gguf(x, raw, GGUF_TYPES[type_name], x.shape[-1])
+    type_id, K = GGUF_TYPES[type_name], x.shape[-1]
+    if int4_activations() == "int8" and ops.gguf_q8_fits(type_id, K):  # Q4_0 / Q4_1, as int4 layers
+        return ops.gguf_q8(x, raw, type_id, K)
+    return ops.gguf(x, raw, type_id, K)
 
 
 _DECODE_DTYPES = (torch.float32, torch.bfloat16)

@@ -71,7 +71,11 @@ def _product(module: nn.Module, dtype: torch.dtype, checks: list):
         return ("int4_q8" if q8 else "int4", packed, scale, zero, group, in_features)
     if kind == "gguf":
         raw, type_name, in_features = tensors
-        return ("gguf", raw, kernels.GGUF_TYPES[type_name], in_features) if type_name in kernels.GGUF_TYPES else None
+        if type_name not in kernels.GGUF_TYPES:
+            return None
+        type_id = kernels.GGUF_TYPES[type_name]
+        q8 = kernels.int4_activations() == "int8" and build.load().gguf_q8_fits(type_id, in_features)
+        return ("gguf_q8" if q8 else "gguf", raw, type_id, in_features)
     return None
 
 

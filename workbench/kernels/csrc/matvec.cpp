@@ -34,6 +34,7 @@ using V = VecAVX512;
 #endif
 
 #include "int4_q8.h"
+#include "gguf_q8.h"
 #include "attention.h"
 
 enum Backend { SCALAR = 0, AVX2 = 1, AVX512 = 2 };
@@ -309,6 +310,42 @@ static at::Tensor gguf(const at::Tensor& x_, const at::Tensor& raw, int64_t type
   return finish(y, x_);
 }
 
+// GGUFBlockLinear's Q4_0 / Q4_1 product with x rounded to int8 per block of 32 (gguf_q8.h): integer
+// dot products on the AVX-512 backend when the CPU has VNNI, the portable loop otherwise.
+static at::Tensor gguf_q8(const at::Tensor& x_, const at::Tensor& raw, int64_t type, int64_t K) {
+  TORCH_CHECK(blocks_q8::fits(type, K), "the int8-activation GGUF kernel covers Q4_0 (1) and Q4_1 (2) rows of whole "
+              "blocks, got type ", type, " with ", K, " inputs");
+  const int64_t block_bytes = type == 1 ? 18 : 20, blocks = K / 32;
+  TORCH_CHECK(raw.scalar_type() == at::kByte && raw.dim() == 2 && raw.is_contiguous() &&
+              raw.size(1) == blocks * block_bytes, "raw GGUF blocks must be a contiguous uint8 matrix of ", blocks,
+              " blocks per row");
+  check_x(x_, K);
+  const at::Tensor x = as_float(x_);
+  const int64_t rows = x.numel() / K, N = raw.size(0);
+  at::Tensor scratch = at::empty({rows * (2 * blocks + K / 4)}, x.options());  // dx, xsum, then the int8 rows
+  float* dx = scratch.data_ptr<float>();
+  float* xsum = dx + rows * blocks;
+  int8_t* xq = (int8_t*)(xsum + rows * blocks);
+  for (int64_t m = 0; m < rows; ++m)
+    blocks_q8::quantize_row(x.data_ptr<float>() + m * K, K, xq + m * K, dx + m * blocks, xsum + m * blocks);
+  const bool vnni = g_backend == AVX512 && has_vnni_cached;
+  at::Tensor y = new_output(x_, N);
+  for (int64_t m0 = 0; m0 < rows; m0 += 4) {
+    const int M = (int)std::min<int64_t>(4, rows - m0);
+    float* yp = y.data_ptr<float>() + m0 * N;
+    parallel_rows(N, raw.size(1), [&](int64_t n0, int64_t n1) {
+#ifdef WB_X86
+      if (vnni)
+        return blocks_q8_vnni::rows(type, raw.data_ptr<uint8_t>(), xq + m0 * K, dx + m0 * blocks, xsum + m0 * blocks,
+                                  yp, M, N, K, n0, n1);
+#endif
+      blocks_q8::rows_scalar(type, raw.data_ptr<uint8_t>(), xq + m0 * K, dx + m0 * blocks, xsum + m0 * blocks, yp, M,
+                           N, K, n0, n1);
+    });
+  }
+  return finish(y, x_);
+}
+
 // ---- the other per-token operations of a decode step, where PyTorch's per-call cost dominates ----
 
 // float32 -> bfloat16, rounding to nearest even like PyTorch's conversion
@@ -480,6 +517,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("group_size"), py::arg("padded_in_features"));
   m.def("has_vnni", &has_vnni, "whether int4_q8 runs on integer dot products (AVX-512 VNNI) here");
   m.def("gguf", &gguf, "GGUFBlockLinear's product", py::arg("x"), py::arg("raw"), py::arg("type"),
+        py::arg("in_features"));
+  m.def("gguf_q8", &gguf_q8, "GGUFBlockLinear's Q4_0/Q4_1 product with x rounded to int8 per block of 32",
+        py::arg("x"), py::arg("raw"), py::arg("type"), py::arg("in_features"));
+  m.def("gguf_q8_fits", &blocks_q8::fits, "whether gguf_q8 covers this block type and row length", py::arg("type"),
         py::arg("in_features"));
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 or bfloat16 rows", py::arg("x"), py::arg("weight"), py::arg("eps"));
   m.def("rope", &rope, "rotary embedding of one token per sequence", py::arg("x"), py::arg("cos"), py::arg("sin"));

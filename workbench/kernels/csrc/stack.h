@@ -10,9 +10,9 @@
 
 // One weight matrix's product, as the Python layer describes it (kernels/stack.py):
 // ("dense", w, scale or None) | ("int4" or "int4_q8", packed, scale, zero, group size, in features) |
-// ("gguf", raw, type id, in features).
+// ("gguf" or "gguf_q8", raw, type id, in features).
 struct LinearOp {
-  enum Kind { DENSE, INT4, INT4_Q8, GGUF };
+  enum Kind { DENSE, INT4, INT4_Q8, GGUF, GGUF_Q8 };
   Kind kind = DENSE;
   at::Tensor w, scale, zero;
   bool scaled = false;
@@ -35,8 +35,8 @@ struct LinearOp {
       check_int4(op.w, op.scale, op.zero, op.group, op.in_features);
       TORCH_CHECK(op.kind == INT4 || q8::fits(op.group, op.w.size(1) * 2), "int4_q8 does not cover group size ",
                   op.group);
-    } else if (kind == "gguf") {
-      op.kind = GGUF;
+    } else if (kind == "gguf" || kind == "gguf_q8") {
+      op.kind = kind == "gguf" ? GGUF : GGUF_Q8;
       op.w = t[1].cast<at::Tensor>(), op.type = t[2].cast<int64_t>(), op.in_features = t[3].cast<int64_t>();
     } else {
       TORCH_CHECK(false, "unknown product kind '", kind, "'");
@@ -51,6 +51,7 @@ struct LinearOp {
       case INT4: return int4(x, w, scale, zero, group, in_features);
       case INT4_Q8: return int4_q8(x, w, scale, zero, group, in_features);
       case GGUF: return gguf(x, w, type, in_features);
+      case GGUF_Q8: return gguf_q8(x, w, type, in_features);
       default: return dense(x, w, scaled ? c10::optional<at::Tensor>(scale) : c10::nullopt);
     }
   }
