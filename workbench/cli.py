@@ -40,7 +40,7 @@ def _model_args(p: argparse.ArgumentParser):
     p.add_argument("--kernels", choices=["on", "off"], default="on",
                    help="our CPU kernels for decode-sized products (default on; off: PyTorch's operators only)")
     p.add_argument("--int4-activations", choices=["auto", "int8", "float"], default="auto",
-                   help="int4 kernels: round activations to int8 per 32 inputs (integer dot products) or keep "
+                   help="4-bit kernels (int4, Q4_0, Q4_1): round activations to int8 per 32 inputs (integer dot products) or keep "
                         "them float (default auto: int8 where the CPU has AVX-512 VNNI)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 

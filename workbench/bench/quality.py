@@ -6,6 +6,12 @@ default 2,048), then `perplexity` scores the first `eval_tokens` tokens of the e
 non-overlapping windows of `window`. `weight_bytes` counts every stored tensor (packed integers,
 scales, zero-points, norms; the tied embedding/head once). The rows "float32" and "bfloat16" are the
 unquantized model in those dtypes.
+
+With `decode_chunks` (e.g. (16, 1)), each spec is also scored through the decode path: the same
+windows fed through a KV cache that many tokens at a time on our kernels (`kernels.enable`; with 1,
+one token per step through the native decode stack), as generation computes them; `ppl_chunkN`
+and `chunkN_vs_window` (its relative difference from the whole-window figure) say whether the
+kernels' arithmetic (int8 activations of the 4-bit formats included) moves the score.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import dataclasses
 
 import torch
 
+from .. import kernels
 from ..corpus import builtin_text
 from ..settings import now
 from ..eval import perplexity
@@ -36,10 +43,11 @@ def quantized_copy(model, spec: str, tokenizer, calibration_tokens: int | None =
 
 def quantization_table(model, tokenizer, specs, *, eval_tokens: int = 4096, window: int = 1024,
                        calibration_tokens: int | None = None, text: str | None = None, on_row=None,
-                       progress: bool = True):
+                       progress: bool = True, decode_chunks: tuple[int, ...] = ()):
     """A DataFrame with one row per spec: spec, ppl, ppl_vs_float32, weight_bytes, bits_per_weight
     (stored bits over the model's parameter count), quantize_s. `on_row(rows)` is called after each
-    spec (to save partial results); `text` replaces the built-in evaluation part."""
+    spec (to save partial results); `text` replaces the built-in evaluation part; `decode_chunks`
+    adds the decode-path columns (see the module's docstring)."""
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -52,7 +60,7 @@ def quantization_table(model, tokenizer, specs, *, eval_tokens: int = 4096, wind
     for spec in tqdm(list(specs), desc="quantize + perplexity", disable=not progress):
         start = now()
         # float32 is the reference itself: no copy, no second perplexity run
-        quantized = model if spec == "float32" and model.dtype == torch.float32 else \
+        quantized = model if spec == "float32" and model.dtype == torch.float32 and not decode_chunks else \
             quantized_copy(model, spec, tokenizer, calibration_tokens)
         quantize_s = now() - start
         ppl = reference if spec == "float32" else perplexity(quantized, ids, window=window).ppl
@@ -60,6 +68,11 @@ def quantization_table(model, tokenizer, specs, *, eval_tokens: int = 4096, wind
                      "weight_bytes": quantized.weight_bytes(),
                      "bits_per_weight": quantized.weight_bytes() * 8 / params, "quantize_s": quantize_s,
                      "description": SPECS[spec][1] if spec in SPECS else f"unquantized, {spec}"})
+        if decode_chunks:
+            kernels.enable(quantized)
+        for chunk in decode_chunks:
+            decoded = perplexity(quantized, ids, window=window, chunk_tokens=chunk).ppl
+            rows[-1].update({f"ppl_chunk{chunk}": decoded, f"chunk{chunk}_vs_window": decoded / ppl - 1})
         del quantized
         if on_row is not None:
             on_row(rows)

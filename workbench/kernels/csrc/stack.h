@@ -62,23 +62,56 @@ struct StackLayer {
   LinearOp q, k, v, o, gate, up, down;
 };
 
-// y += d, rounded to T.
+// The products take and return float32 rows (the kernels' own arithmetic); between them the stack
+// keeps the model's dtype T, rounding where PyTorch's bfloat16 operations round. These loops do the
+// conversions that would otherwise be a dispatched `.to()` per product.
 template <typename T>
-static void add_into(at::Tensor& y, const at::Tensor& d) {
-  T* yp = (T*)y.data_ptr();
-  const T* dp = (const T*)d.data_ptr();
-  for (int64_t i = 0, n = y.numel(); i < n; ++i) yp[i] = narrow<T>(widen(yp[i]) + widen(dp[i]));
+static at::Tensor widened(const at::Tensor& t_) {  // float32 copy of a T tensor (t itself for float32)
+  const at::Tensor t = t_.contiguous();
+  if (std::is_same<T, float>::value) return t;
+  at::Tensor out = at::empty(t.sizes(), t.options().dtype(at::kFloat));
+  const T* src = (const T*)t.data_ptr();
+  float* dst = out.data_ptr<float>();
+  for (int64_t i = 0, n = t.numel(); i < n; ++i) dst[i] = widen(src[i]);
+  return out;
 }
 
-// g = silu(g) * u, the silu rounded to T before the product as F.silu(g) * u rounds it.
 template <typename T>
-static void silu_mul_into(at::Tensor& g, const at::Tensor& u) {
-  T* gp = (T*)g.data_ptr();
-  const T* up = (const T*)u.data_ptr();
+static at::Tensor rounded(const at::Tensor& y, const at::TensorOptions& options) {  // T copy of float32 y
+  if (std::is_same<T, float>::value) return y;
+  at::Tensor out = at::empty(y.sizes(), options);
+  const float* src = y.data_ptr<float>();
+  T* dst = (T*)out.data_ptr();
+  for (int64_t i = 0, n = y.numel(); i < n; ++i) dst[i] = narrow<T>(src[i]);
+  return out;
+}
+
+// x += round(d) (d a float32 product), rounded to T: the residual `x + o_proj(...)`.
+template <typename T>
+static void add_into(at::Tensor& x, const at::Tensor& d) {
+  T* xp = (T*)x.data_ptr();
+  const float* dp = d.data_ptr<float>();
+  for (int64_t i = 0, n = x.numel(); i < n; ++i) xp[i] = narrow<T>(widen(xp[i]) + widen(narrow<T>(dp[i])));
+}
+
+// silu(g) * u of float32 products g, u, as F.silu(g) * u rounds each step in T; returned in float32
+// for the down product (the value is T's).
+template <typename T>
+static at::Tensor silu_mul(const at::Tensor& g, const at::Tensor& u) {
+  at::Tensor out = at::empty_like(g);
+  const float *gp = g.data_ptr<float>(), *up = u.data_ptr<float>();
+  float* op = out.data_ptr<float>();
   for (int64_t i = 0, n = g.numel(); i < n; ++i) {
-    const float a = widen(gp[i]);
-    gp[i] = narrow<T>(widen(narrow<T>(a / (1.0f + std::exp(-a)))) * widen(up[i]));
+    const float a = widen(narrow<T>(gp[i]));
+    op[i] = widen(narrow<T>(widen(narrow<T>(a / (1.0f + std::exp(-a)))) * widen(narrow<T>(up[i]))));
   }
+  return out;
+}
+
+// RMSNorm of T rows, rounded to T as the reference does, in float32 for the products.
+template <typename T>
+static at::Tensor norm_for_products(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  return widened<T>(rms_norm(x, weight, eps));
 }
 
 class DecodeStack {
@@ -129,8 +162,9 @@ class DecodeStack {
     const bool kernel_attention = decode_attention_fits(hd_, groups);
     for (int64_t l = 0; l < (int64_t)layers_.size(); ++l) {
       const StackLayer& layer = layers_[l];
-      at::Tensor h = rms_norm(x, layer.attn_norm, eps_);
-      const at::Tensor q = layer.q(h), k = layer.k(h), v = layer.v(h);
+      at::Tensor h = norm_for_products<T>(x, layer.attn_norm, eps_);
+      const at::Tensor q = rounded<T>(layer.q(h), x.options()), k = rounded<T>(layer.k(h), x.options());
+      const at::Tensor v = rounded<T>(layer.v(h), x.options());
       const at::Tensor kl = k_cache.select(0, l), vl = v_cache.select(0, l);
       at::Tensor qr = at::empty({B, H_, 1, hd_}, x.options());
       rope_rows<T>(q.view({B, H_, 1, hd_}), c, s, (T*)qr.data_ptr(), B, H_, hd_, H_ * hd_, hd_);
@@ -149,11 +183,9 @@ class DecodeStack {
         att = at::scaled_dot_product_attention(qr.view({B, KVH_, groups, hd_}), keys, values, mask)
                   .reshape({B, 1, H_ * hd_});
       }
-      add_into<T>(x, layer.o(att));
-      h = rms_norm(x, layer.mlp_norm, eps_);
-      at::Tensor gate = layer.gate(h);
-      silu_mul_into<T>(gate, layer.up(h));
-      add_into<T>(x, layer.down(gate));
+      add_into<T>(x, layer.o(widened<T>(att)));
+      h = norm_for_products<T>(x, layer.mlp_norm, eps_);
+      add_into<T>(x, layer.down(silu_mul<T>(layer.gate(h), layer.up(h))));
     }
     return x;
   }
