@@ -139,6 +139,20 @@ static at::Tensor finish(const at::Tensor& y, const at::Tensor& x) {
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
 }
 
+// Output rows [n0, n1) of y = x @ w.T for M (<= 4) rows of float32 x; w: (N, K) float32, bfloat16, or
+// int8 times scale[n] per row.
+static void dense_range(const at::Tensor& w, const float* scale, const float* xp, float* yp, int M, int64_t n0,
+                        int64_t n1) {
+  const int64_t N = w.size(0), K = w.size(1);
+  switch (w.scalar_type()) {
+    case at::kFloat: WB_BACKEND_CALL(dense<float>, w.data_ptr<float>(), scale, xp, yp, M, N, K, n0, n1); break;
+    case at::kBFloat16:
+      WB_BACKEND_CALL(dense<uint16_t>, (const uint16_t*)w.data_ptr(), scale, xp, yp, M, N, K, n0, n1);
+      break;
+    default: WB_BACKEND_CALL(dense<int8_t>, w.data_ptr<int8_t>(), scale, xp, yp, M, N, K, n0, n1); break;
+  }
+}
+
 // y = x @ w.T (times scale[n] per row for int8). w: (N, K) float32, bfloat16 or int8.
 static at::Tensor dense(const at::Tensor& x_, const at::Tensor& w, const c10::optional<at::Tensor>& scale_) {
   TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "weight must be a contiguous (out, in) matrix");
@@ -158,20 +172,11 @@ static at::Tensor dense(const at::Tensor& x_, const at::Tensor& w, const c10::op
     TORCH_CHECK(w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16,
                 "dense kernel weights: float32, bfloat16 or int8, got ", w.scalar_type());
   }
-  const int64_t esize = w.element_size();
   for (int64_t m0 = 0; m0 < rows; m0 += 4) {  // up to 4 rows of x per pass over the weight
     const int M = (int)std::min<int64_t>(4, rows - m0);
     const float* xp = x.data_ptr<float>() + m0 * K;
     float* yp = y.data_ptr<float>() + m0 * N;
-    parallel_rows(N, K * esize, [&](int64_t n0, int64_t n1) {
-      switch (w.scalar_type()) {
-        case at::kFloat: WB_BACKEND_CALL(dense<float>, w.data_ptr<float>(), scale, xp, yp, M, N, K, n0, n1); break;
-        case at::kBFloat16:
-          WB_BACKEND_CALL(dense<uint16_t>, (const uint16_t*)w.data_ptr(), scale, xp, yp, M, N, K, n0, n1);
-          break;
-        default: WB_BACKEND_CALL(dense<int8_t>, w.data_ptr<int8_t>(), scale, xp, yp, M, N, K, n0, n1); break;
-      }
-    });
+    parallel_rows(N, K * w.element_size(), [&](int64_t n0, int64_t n1) { dense_range(w, scale, xp, yp, M, n0, n1); });
   }
   return finish(y, x_);
 }
@@ -536,6 +541,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("run", &DecodeStack::run, "hidden rows after every layer; writes this step's keys and values",
            py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("k_cache"), py::arg("v_cache"), py::arg("start"),
            py::arg("mask") = py::none());
+  m.def("set_grouped_products", [](bool on) { g_group_products = on; },
+        "whether the decode stack runs q/k/v and gate/up in one parallel region each (default on)", py::arg("on"));
   m.def("backend", &get_backend, "the instruction set in use");
   m.def("set_backend", &set_backend, "use another supported instruction set (tests)");
   m.def("supported_backends", &supported_backends, "instruction sets this CPU runs");

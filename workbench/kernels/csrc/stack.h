@@ -57,6 +57,45 @@ struct LinearOp {
   }
 };
 
+// Products of the same float32 rows x. Dense ones (float32, bfloat16, int8 weights) share one
+// parallel region: the threads split all their output rows at once (q, k and v; gate and up), one
+// fork and join where there would be one per matrix; the small k and v matrices take a few
+// microseconds each, about what a fork and join of the threads costs.
+static bool g_group_products = true;  // off: one parallel region per matrix (to measure the difference)
+
+static std::vector<at::Tensor> products(std::initializer_list<const LinearOp*> ops, const at::Tensor& x) {
+  std::vector<at::Tensor> out;
+  int64_t total = 0;
+  bool grouped = g_group_products;
+  for (const LinearOp* op : ops) {
+    grouped = grouped && op->kind == LinearOp::DENSE && op->in_features == x.size(-1) && x.is_contiguous() &&
+              x.scalar_type() == at::kFloat;
+    total += op->out_features();
+  }
+  if (!grouped) {
+    for (const LinearOp* op : ops) out.push_back((*op)(x));
+    return out;
+  }
+  const int64_t K = x.size(-1), rows = x.numel() / K;
+  for (const LinearOp* op : ops) out.push_back(new_output(x, op->out_features()));
+  const int64_t row_bytes = K * (*ops.begin())->w.element_size();
+  for (int64_t m0 = 0; m0 < rows; m0 += 4) {
+    const int M = (int)std::min<int64_t>(4, rows - m0);
+    const float* xp = x.data_ptr<float>() + m0 * K;
+    parallel_rows(total, row_bytes, [&](int64_t n0, int64_t n1) {
+      int64_t offset = 0, i = 0;
+      for (const LinearOp* op : ops) {  // this thread's share of each matrix
+        const int64_t N = op->out_features(), lo = std::max(n0, offset), hi = std::min(n1, offset + N);
+        if (lo < hi)
+          dense_range(op->w, op->scaled ? op->scale.data_ptr<float>() : nullptr, xp,
+                      out[i].data_ptr<float>() + m0 * N, M, lo - offset, hi - offset);
+        offset += N, ++i;
+      }
+    });
+  }
+  return out;
+}
+
 struct StackLayer {
   at::Tensor attn_norm, mlp_norm;
   LinearOp q, k, v, o, gate, up, down;
@@ -163,8 +202,9 @@ class DecodeStack {
     for (int64_t l = 0; l < (int64_t)layers_.size(); ++l) {
       const StackLayer& layer = layers_[l];
       at::Tensor h = norm_for_products<T>(x, layer.attn_norm, eps_);
-      const at::Tensor q = rounded<T>(layer.q(h), x.options()), k = rounded<T>(layer.k(h), x.options());
-      const at::Tensor v = rounded<T>(layer.v(h), x.options());
+      const std::vector<at::Tensor> qkv = products({&layer.q, &layer.k, &layer.v}, h);
+      const at::Tensor q = rounded<T>(qkv[0], x.options()), k = rounded<T>(qkv[1], x.options());
+      const at::Tensor v = rounded<T>(qkv[2], x.options());
       const at::Tensor kl = k_cache.select(0, l), vl = v_cache.select(0, l);
       at::Tensor qr = at::empty({B, H_, 1, hd_}, x.options());
       rope_rows<T>(q.view({B, H_, 1, hd_}), c, s, (T*)qr.data_ptr(), B, H_, hd_, H_ * hd_, hd_);
@@ -185,7 +225,8 @@ class DecodeStack {
       }
       add_into<T>(x, layer.o(widened<T>(att)));
       h = norm_for_products<T>(x, layer.mlp_norm, eps_);
-      add_into<T>(x, layer.down(silu_mul<T>(layer.gate(h), layer.up(h))));
+      const std::vector<at::Tensor> gate_up = products({&layer.gate, &layer.up}, h);
+      add_into<T>(x, layer.down(silu_mul<T>(gate_up[0], gate_up[1])));
     }
     return x;
   }
