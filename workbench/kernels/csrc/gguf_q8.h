@@ -71,6 +71,24 @@ static inline void block_terms(int64_t type, const uint8_t* blk, float& d, float
   c = type == 1 ? -8.0f * d : _cvtsh_ss(load_u16(blk + 2));
 }
 
+// blocks_q8::quantize_row, vectorised (the same result bit for bit: the same max and product, and the
+// conversion rounds to nearest even like nearbyint, which is a library call per input in scalar code).
+static void quantize_row(const float* x, int64_t K, int8_t* xq, float* dx, float* xsum) {
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  for (int64_t b = 0; b < K / BLOCK; ++b) {
+    const __m512 a = _mm512_loadu_ps(x + b * BLOCK), c = _mm512_loadu_ps(x + b * BLOCK + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(c)));
+    const float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i qa = _mm512_min_epi32(hi, _mm512_max_epi32(lo, _mm512_cvtps_epi32(_mm512_mul_ps(a, vinv))));
+    const __m512i qc = _mm512_min_epi32(hi, _mm512_max_epi32(lo, _mm512_cvtps_epi32(_mm512_mul_ps(c, vinv))));
+    _mm_storeu_si128((__m128i*)(xq + b * BLOCK), _mm512_cvtsepi32_epi8(qa));
+    _mm_storeu_si128((__m128i*)(xq + b * BLOCK + 16), _mm512_cvtsepi32_epi8(qc));
+    dx[b] = d;
+    xsum[b] = d * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qc));
+  }
+}
+
 // 32 weights of a block as bytes 0..15 in order: low nibbles, then high nibbles.
 static inline __m256i nibbles(const uint8_t* qs) {
   const __m128i v = _mm_loadu_si128((const __m128i*)qs), low4 = _mm_set1_epi8(15);

@@ -331,9 +331,17 @@ static at::Tensor gguf_q8(const at::Tensor& x_, const at::Tensor& raw, int64_t t
   float* dx = scratch.data_ptr<float>();
   float* xsum = dx + rows * blocks;
   int8_t* xq = (int8_t*)(xsum + rows * blocks);
-  for (int64_t m = 0; m < rows; ++m)
-    blocks_q8::quantize_row(x.data_ptr<float>() + m * K, K, xq + m * K, dx + m * blocks, xsum + m * blocks);
   const bool vnni = g_backend == AVX512 && has_vnni_cached;
+  for (int64_t m = 0; m < rows; ++m) {
+    const float* xm = x.data_ptr<float>() + m * K;
+#ifdef WB_X86
+    if (vnni) {
+      blocks_q8_vnni::quantize_row(xm, K, xq + m * K, dx + m * blocks, xsum + m * blocks);
+      continue;
+    }
+#endif
+    blocks_q8::quantize_row(xm, K, xq + m * K, dx + m * blocks, xsum + m * blocks);
+  }
   at::Tensor y = new_output(x_, N);
   for (int64_t m0 = 0; m0 < rows; m0 += 4) {
     const int M = (int)std::min<int64_t>(4, rows - m0);
