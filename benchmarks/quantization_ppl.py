@@ -13,6 +13,7 @@ after each spec, so an interrupted run keeps what it finished.
 from __future__ import annotations
 
 import workbench
+import workbench.kernels
 from workbench.bench import quantization_table
 from workbench.bench.quality import METHOD
 from workbench.bench.flags import benchmark_parser, parse_benchmark_args
@@ -45,6 +46,7 @@ def main(argv=None):
         atomic_write_text(args.out + ".csv", pd.DataFrame(rows).to_csv(index=False))
         atomic_write_json(args.out + ".json", {"method": METHOD, "model": args.model, "window": args.window,
                                                "max_tokens": args.max_tokens, "decode_chunks": args.decode_chunks,
+                                               "kernels": workbench.kernels.status(),
                                                "run": run_end(info), "rows": rows})
 
     table = quantization_table(model, tok, args.specs, eval_tokens=args.max_tokens, window=args.window,

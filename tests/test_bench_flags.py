@@ -77,7 +77,7 @@ def test_the_clock_flag_where_a_script_sizes_it():
     assert parse_benchmark_args(benchmark_parser("doc", "demo", full={"clock": "wall"}), []).clock == "wall"
 
 
-SCRIPTS = ["batching", "cross_domain", "decode_vs_transformers", "distillation", "evaluation", "kernels", "kv_cache",
+SCRIPTS = ["batching", "cross_domain", "decode_stack", "decode_vs_transformers", "distillation", "evaluation", "kernels", "kv_cache",
            "lora", "onnx_runtime", "parallel", "pruning", "quantization_ppl", "serving", "speculative"]
 
 
