@@ -26,17 +26,27 @@ from workbench.bench.cross_domain import (METHOD, METHODS, NONE, add_comparisons
                                           targets)
 from workbench.bench.flags import benchmark_parser, parse_benchmark_args
 from workbench.bench.timing import run_end, run_info
+from workbench.corpus import parse_calibration
 from workbench.io import atomic_write_json, atomic_write_text
 
 CALIB = ["licenses", "builtin", "generated"]
+
+
+def sized(calib, tokens):
+    """The calibration spec with its size: `tokens` shared by the parts without a count of their own
+    (`licenses` -> `licenses:2048`, `licenses+generated` -> `licenses:1024+generated:1024`; a part
+    with a count, `licenses:4096`, keeps it)."""
+    parts = parse_calibration(calib).parts
+    share = max(1, tokens // max(1, sum(p.tokens is None for p in parts)))
+    return "+".join(str(p) if p.tokens is not None else f"{p}:{share}" for p in parts)
 
 
 def cells(methods, calibs, tokens):
     """Data-free methods once (calib "none"), each calibrated one per calibration set in the order
     given; the GPTQ output-head variants (".../head-...") with the first calibration set only, last."""
     free = [(m, NONE) for m in methods if not calibrated(m)]
-    grid = [(m, f"{c}:{tokens}") for c in calibs for m in methods if calibrated(m) and "/head-" not in m]
-    return free + grid + [(m, f"{calibs[0]}:{tokens}") for m in methods if "/head-" in m]
+    grid = [(m, sized(c, tokens)) for c in calibs for m in methods if calibrated(m) and "/head-" not in m]
+    return free + grid + [(m, sized(calibs[0], tokens)) for m in methods if "/head-" in m]
 
 
 def main(argv=None):
@@ -47,8 +57,10 @@ def main(argv=None):
                                                   "magnitude:0.5", "wanda:0.5"],
                                          calib=["licenses", "builtin"], calib_tokens=512, eval_tokens=1024, window=512))
     parser.add_argument("--methods", nargs="*", default=None, choices=list(METHODS), help="full: every method")
-    parser.add_argument("--calib", nargs="*", default=None, help=f"calibration sources (full: {' '.join(CALIB)})")
-    parser.add_argument("--calib-tokens", type=int, default=None, help="tokens per calibration set (full 2048)")
+    parser.add_argument("--calib", nargs="*", default=None,
+                        help=f"calibration sets, each a --calib spec (full: {' '.join(CALIB)})")
+    parser.add_argument("--calib-tokens", type=int, default=None,
+                        help="tokens per calibration set, shared by its parts without a count (full 2048)")
     parser.add_argument("--eval-tokens", type=int, default=None, help="evaluation tokens per corpus (full 8192)")
     parser.add_argument("--window", type=int, default=None, help="perplexity window (full 1024)")
     parser.add_argument("--resume", action="store_true",

@@ -73,6 +73,9 @@ METHODS = {
     "int4-g128-gptq-actorder/head-rtn": ("int4", "int4-g128", _gptq_head("rtn")),
     "int4-g128-gptq-actorder/head-int8": ("int4", "int4-g128", _gptq_head("int8")),
     "int4-g128-awq": ("int4", "int4-g128", _quant("int4-g128-awq")),
+    "int4-g128-clip": ("int4", "int4-g128", _quant("int4-g128-clip")),
+    "int4-g128-gptq-clip": ("int4", "int4-g128", _quant("int4-g128-gptq-clip")),
+    "int4-g128-gptq-actorder-clip": ("int4", "int4-g128", _quant("int4-g128-gptq-actorder-clip")),
     "w8a8": ("w8a8", None, _quant("w8a8")),
     "w8a8-smoothquant": ("w8a8", "w8a8", _quant("w8a8-smoothquant")),
     "magnitude:0.5": ("prune", None, _prune("magnitude:0.5")),
@@ -148,13 +151,19 @@ def targets(frame: pd.DataFrame) -> list[dict]:
     int4 = frame[(frame.method.str.startswith("int4-g128-")) & ~frame.calib_in_corpus & (frame.calib != NONE)
                  & frame.gap_closed.notna()]
     if len(int4):
-        best = int4.groupby("corpus").gap_closed.max()
-        cells = {c: int4.loc[int4[int4.corpus == c].gap_closed.idxmax(), ["method", "calib"]].tolist() for c in best.index}
-        out.append({"target": "best calibrated int4-g128 closes >= 50% of RTN's gap on every corpus "
-                              "(calibration set not drawn from that corpus)",
-                    "worst": float(best.min()), "met": bool(len(best) == len(corpora) and best.min() >= 0.5),
-                    "best_per_corpus": {c: {"gap_closed": float(best[c]), "method": cells[c][0], "calib": cells[c][1]}
-                                        for c in best.index}})
+        # One method must hold on every corpus: per method, its best calibration set on each corpus
+        # (never one drawn from that corpus), then its worst corpus; the best method by that worst.
+        per = int4.loc[int4.groupby(["method", "corpus"]).gap_closed.idxmax()]
+        covered = per.groupby("method").corpus.nunique() == len(corpora)
+        worst = per.groupby("method").gap_closed.min()[covered]
+        target = {"target": "best calibrated int4-g128 method closes >= 50% of RTN's gap on every corpus "
+                            "(calibration set not drawn from that corpus)", "worst": float("nan"), "met": False}
+        if len(worst):
+            method = worst.idxmax()
+            target.update(worst=float(worst.max()), met=bool(worst.max() >= 0.5), method=method,
+                          best_per_corpus={r.corpus: {"gap_closed": float(r.gap_closed), "calib": r.calib}
+                                           for r in per[per.method == method].itertuples()})
+        out.append(target)
     for m in ("wanda:0.5", "sparsegpt:0.5"):
         g = frame[(frame.method == m) & frame.of_peer_increase.notna()]
         if len(g):
