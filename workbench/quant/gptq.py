@@ -15,7 +15,11 @@ For one Linear with weight W (rows x cols) and calibration inputs X (tokens x co
 act_order processes columns by descending diag(H) (the inputs with most energy first). The integers
 must still fit `Int4WeightOnlyLinear`'s layout (groups of consecutive *original* columns), so with
 act_order the group parameters are fixed before the loop from the float weights ("static_groups"
-in the reference code) and each column uses the parameters of its original group.
+in the reference code) and each column uses the parameters of its original group (`static_groups`
+alone does the same in the natural order). `clip` takes each group's parameters from the
+Hessian-weighted clip search (`clip.search_clip`) instead of its min/max: a narrower range whose
+rounding hurts the layer's output least; with act_order that is what moves int4 furthest on text
+from another domain than the calibration set's (benchmarks/README.md, cross_domain).
 
 Whole model: decoder layers are quantized in order, and the calibration inputs of layer i are
 computed by layers < i that are already quantized, so each layer corrects for the error upstream.
@@ -277,6 +281,8 @@ class GPTQConfig:
     The output head is quantized by GPTQ too (`head_method="gptq"`; "rtn" rounds it to nearest in
     the same int4 format, "int8" keeps it at 8 bits per output channel, `include_head=False` keeps it
     float). With tied embeddings the head's choice is the embedding's too, see the module docstring.
+    `static_groups` fixes the group parameters from the float weights (implied by act_order);
+    `clip` searches them per group (`clip.search_clip`) instead of taking min/max.
     """
 
     group_size: int = 128
