@@ -69,7 +69,6 @@ def main(argv=None):
                         help="run nothing: join these results files (same sizes, e.g. parts run side by side) "
                              "with --out's, recompute the comparisons and targets, write --out")
     args = parse_benchmark_args(parser, argv)
-    model, tok = workbench.load_model(args.model)
     info = run_info()
 
     def save(frame):
@@ -79,7 +78,9 @@ def main(argv=None):
             .itertuples()) + f"  ({last.compress_s:.0f} s)", flush=True)
         atomic_write_text(args.out + ".csv", frame.to_csv(index=False))
         atomic_write_json(args.out + ".json", {"method": METHOD, "model": args.model, "window": args.window,
-                                               "eval_tokens": args.eval_tokens, "calib_tokens": args.calib_tokens,
+                                               "eval_tokens": args.eval_tokens,
+                                               # merged parts: each row's calib names its own count
+                                               "calib_tokens": None if args.merge is not None else args.calib_tokens,
                                                "targets": targets(frame), "run": run_end(dict(info)),
                                                "rows": frame.to_dict("records")})
 
@@ -91,6 +92,7 @@ def main(argv=None):
         info["merged"] = [args.out + ".csv", *args.merge]
         save(add_comparisons(joined[["method", "calib", "corpus", "ppl", "compress_s", "tokens"]]))
         return
+    model, tok = workbench.load_model(args.model)  # a merge runs no model
     done = None
     if args.resume and Path(args.out + ".csv").is_file():
         done = pd.read_csv(args.out + ".csv")

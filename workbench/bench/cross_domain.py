@@ -45,6 +45,14 @@ def _int8_clipped(model, tokenizer, calib):
     return quantize_(model, Int8WeightOnlyConfig(observer="mse"))
 
 
+def _int4_clipped(model, tokenizer, calib):
+    """int4-g128 with each group's range searched for the least squared *weight* error (no data)."""
+    from ..quant import quantize_
+    from ..quant.api import Int4WeightOnlyConfig
+
+    return quantize_(model, Int4WeightOnlyConfig(128, observer="mse"))
+
+
 def _quant(spec):
     def build(model, tokenizer, calib):
         from ..quant import quantize_
@@ -68,6 +76,7 @@ METHODS = {
     "int8-mse": ("int8", None, _int8_clipped),
     "q8_0": ("int8", None, _quant("q8_0")),
     "int4-g128": ("int4", None, _quant("int4-g128")),
+    "int4-g128-mse": ("int4", None, _int4_clipped),
     "int4-g128-gptq": ("int4", "int4-g128", _quant("int4-g128-gptq")),
     "int4-g128-gptq-actorder": ("int4", "int4-g128", _quant("int4-g128-gptq-actorder")),
     "int4-g128-gptq-actorder/head-rtn": ("int4", "int4-g128", _gptq_head("rtn")),
@@ -123,7 +132,7 @@ def cross_domain_table(model, tokenizer, cells, *, corpora=tuple(CORPORA), eval_
 
 def add_comparisons(frame: pd.DataFrame) -> pd.DataFrame:
     """Add ppl_vs_float32, peer, ppl_peer, gap_closed, of_peer_increase, worse_than_peer, calib_in_corpus."""
-    frame = frame.copy()
+    frame = frame.reset_index(drop=True)  # joined parts repeat index labels: `targets` looks rows up by label
     ref = frame[frame.method == FLOAT].set_index("corpus").ppl
     data_free = frame[frame.calib == NONE].groupby(["method", "corpus"]).ppl.first()
     frame["ppl_vs_float32"] = frame.ppl / frame.corpus.map(ref) - 1
