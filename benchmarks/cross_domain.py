@@ -26,17 +26,27 @@ from workbench.bench.cross_domain import (METHOD, METHODS, NONE, add_comparisons
                                           targets)
 from workbench.bench.flags import benchmark_parser, parse_benchmark_args
 from workbench.bench.timing import run_end, run_info
+from workbench.corpus import parse_calibration
 from workbench.io import atomic_write_json, atomic_write_text
 
 CALIB = ["licenses", "builtin", "generated"]
+
+
+def sized(calib, tokens):
+    """The calibration spec with its size: `tokens` shared by the parts without a count of their own
+    (`licenses` -> `licenses:2048`, `licenses+generated` -> `licenses:1024+generated:1024`; a part
+    with a count, `licenses:4096`, keeps it)."""
+    parts = parse_calibration(calib).parts
+    share = max(1, tokens // max(1, sum(p.tokens is None for p in parts)))
+    return "+".join(str(p) if p.tokens is not None else f"{p}:{share}" for p in parts)
 
 
 def cells(methods, calibs, tokens):
     """Data-free methods once (calib "none"), each calibrated one per calibration set in the order
     given; the GPTQ output-head variants (".../head-...") with the first calibration set only, last."""
     free = [(m, NONE) for m in methods if not calibrated(m)]
-    grid = [(m, f"{c}:{tokens}") for c in calibs for m in methods if calibrated(m) and "/head-" not in m]
-    return free + grid + [(m, f"{calibs[0]}:{tokens}") for m in methods if "/head-" in m]
+    grid = [(m, sized(c, tokens)) for c in calibs for m in methods if calibrated(m) and "/head-" not in m]
+    return free + grid + [(m, sized(calibs[0], tokens)) for m in methods if "/head-" in m]
 
 
 def main(argv=None):
@@ -47,8 +57,10 @@ def main(argv=None):
                                                   "magnitude:0.5", "wanda:0.5"],
                                          calib=["licenses", "builtin"], calib_tokens=512, eval_tokens=1024, window=512))
     parser.add_argument("--methods", nargs="*", default=None, choices=list(METHODS), help="full: every method")
-    parser.add_argument("--calib", nargs="*", default=None, help=f"calibration sources (full: {' '.join(CALIB)})")
-    parser.add_argument("--calib-tokens", type=int, default=None, help="tokens per calibration set (full 2048)")
+    parser.add_argument("--calib", nargs="*", default=None,
+                        help=f"calibration sets, each a --calib spec (full: {' '.join(CALIB)})")
+    parser.add_argument("--calib-tokens", type=int, default=None,
+                        help="tokens per calibration set, shared by its parts without a count (full 2048)")
     parser.add_argument("--eval-tokens", type=int, default=None, help="evaluation tokens per corpus (full 8192)")
     parser.add_argument("--window", type=int, default=None, help="perplexity window (full 1024)")
     parser.add_argument("--resume", action="store_true",
@@ -57,7 +69,6 @@ def main(argv=None):
                         help="run nothing: join these results files (same sizes, e.g. parts run side by side) "
                              "with --out's, recompute the comparisons and targets, write --out")
     args = parse_benchmark_args(parser, argv)
-    model, tok = workbench.load_model(args.model)
     info = run_info()
 
     def save(frame):
@@ -67,7 +78,9 @@ def main(argv=None):
             .itertuples()) + f"  ({last.compress_s:.0f} s)", flush=True)
         atomic_write_text(args.out + ".csv", frame.to_csv(index=False))
         atomic_write_json(args.out + ".json", {"method": METHOD, "model": args.model, "window": args.window,
-                                               "eval_tokens": args.eval_tokens, "calib_tokens": args.calib_tokens,
+                                               "eval_tokens": args.eval_tokens,
+                                               # merged parts: each row's calib names its own count
+                                               "calib_tokens": None if args.merge is not None else args.calib_tokens,
                                                "targets": targets(frame), "run": run_end(dict(info)),
                                                "rows": frame.to_dict("records")})
 
@@ -79,6 +92,7 @@ def main(argv=None):
         info["merged"] = [args.out + ".csv", *args.merge]
         save(add_comparisons(joined[["method", "calib", "corpus", "ppl", "compress_s", "tokens"]]))
         return
+    model, tok = workbench.load_model(args.model)  # a merge runs no model
     done = None
     if args.resume and Path(args.out + ".csv").is_file():
         done = pd.read_csv(args.out + ".csv")

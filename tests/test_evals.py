@@ -60,7 +60,12 @@ def test_variant_specs():
     assert Variant.parse("quant=int8,bf16") == Variant(quant="int8", dtype="bfloat16")
     assert Variant.parse("quant=int4-g128,dtype=bfloat16").label == "int4-g128+bf16"
     assert Variant.parse("prune=wanda:0.5").flags()[-2:] == ["--prune", "wanda:0.5"]
-    for bad in ("int8", "quant=nope", "dtype=float64", "prune=magic:0.5", "model=/no/such/dir", "colour=red"):
+    calibrated = Variant.parse("quant=int4-g128-gptq,calib=licenses:1024")
+    assert calibrated.calib == "licenses:1024" and calibrated.label == "int4-g128-gptq@licenses:1024"
+    assert calibrated.flags()[-2:] == ["--calib", "licenses:1024"]
+    assert Variant.parse("quant=int4-g128-awq", calib="generated").calib == "generated"  # --calib's default
+    for bad in ("int8", "quant=nope", "dtype=float64", "prune=magic:0.5", "model=/no/such/dir", "colour=red",
+                "quant=int4-g128-gptq,calib=nowhere:12"):
         with pytest.raises(WorkbenchError):
             Variant.parse(bad)
 

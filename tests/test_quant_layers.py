@@ -10,6 +10,7 @@ from workbench import kernels, load_model
 from workbench.errors import InvalidParameterError
 from workbench.quant import SPECS, fake_quantize, quantize_
 from workbench.quant.linear import GGUFBlockLinear, Int4WeightOnlyLinear, Int8WeightOnlyLinear, W8A8Linear
+from workbench.settings import pick
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def test_quantize_model_in_place(spec):
     reference = copy.deepcopy(model)
     before = model.weight_bytes()
     x = torch.randint(0, 1000, (1, 12))
-    quantize_(model, spec, tokenizer=tok)
+    quantize_(model, spec, tokenizer=tok, calib=pick("builtin:512", None))  # calibrated specs: fewer tokens in quick mode
     assert not any(type(m) is nn.Linear for m in model.modules())
     assert model.weight_bytes() < before / 2.5  # int8 and 4-bit formats really shrink the bytes
     # the float model given each layer's dequantized weight computes the same logits

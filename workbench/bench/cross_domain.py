@@ -45,6 +45,14 @@ def _int8_clipped(model, tokenizer, calib):
     return quantize_(model, Int8WeightOnlyConfig(observer="mse"))
 
 
+def _int4_clipped(model, tokenizer, calib):
+    """int4-g128 with each group's range searched for the least squared *weight* error (no data)."""
+    from ..quant import quantize_
+    from ..quant.api import Int4WeightOnlyConfig
+
+    return quantize_(model, Int4WeightOnlyConfig(128, observer="mse"))
+
+
 def _quant(spec):
     def build(model, tokenizer, calib):
         from ..quant import quantize_
@@ -68,11 +76,15 @@ METHODS = {
     "int8-mse": ("int8", None, _int8_clipped),
     "q8_0": ("int8", None, _quant("q8_0")),
     "int4-g128": ("int4", None, _quant("int4-g128")),
+    "int4-g128-mse": ("int4", None, _int4_clipped),
     "int4-g128-gptq": ("int4", "int4-g128", _quant("int4-g128-gptq")),
     "int4-g128-gptq-actorder": ("int4", "int4-g128", _quant("int4-g128-gptq-actorder")),
     "int4-g128-gptq-actorder/head-rtn": ("int4", "int4-g128", _gptq_head("rtn")),
     "int4-g128-gptq-actorder/head-int8": ("int4", "int4-g128", _gptq_head("int8")),
     "int4-g128-awq": ("int4", "int4-g128", _quant("int4-g128-awq")),
+    "int4-g128-clip": ("int4", "int4-g128", _quant("int4-g128-clip")),
+    "int4-g128-gptq-clip": ("int4", "int4-g128", _quant("int4-g128-gptq-clip")),
+    "int4-g128-gptq-actorder-clip": ("int4", "int4-g128", _quant("int4-g128-gptq-actorder-clip")),
     "w8a8": ("w8a8", None, _quant("w8a8")),
     "w8a8-smoothquant": ("w8a8", "w8a8", _quant("w8a8-smoothquant")),
     "magnitude:0.5": ("prune", None, _prune("magnitude:0.5")),
@@ -120,7 +132,7 @@ def cross_domain_table(model, tokenizer, cells, *, corpora=tuple(CORPORA), eval_
 
 def add_comparisons(frame: pd.DataFrame) -> pd.DataFrame:
     """Add ppl_vs_float32, peer, ppl_peer, gap_closed, of_peer_increase, worse_than_peer, calib_in_corpus."""
-    frame = frame.copy()
+    frame = frame.reset_index(drop=True)  # joined parts repeat index labels: `targets` looks rows up by label
     ref = frame[frame.method == FLOAT].set_index("corpus").ppl
     data_free = frame[frame.calib == NONE].groupby(["method", "corpus"]).ppl.first()
     frame["ppl_vs_float32"] = frame.ppl / frame.corpus.map(ref) - 1
@@ -148,13 +160,19 @@ def targets(frame: pd.DataFrame) -> list[dict]:
     int4 = frame[(frame.method.str.startswith("int4-g128-")) & ~frame.calib_in_corpus & (frame.calib != NONE)
                  & frame.gap_closed.notna()]
     if len(int4):
-        best = int4.groupby("corpus").gap_closed.max()
-        cells = {c: int4.loc[int4[int4.corpus == c].gap_closed.idxmax(), ["method", "calib"]].tolist() for c in best.index}
-        out.append({"target": "best calibrated int4-g128 closes >= 50% of RTN's gap on every corpus "
-                              "(calibration set not drawn from that corpus)",
-                    "worst": float(best.min()), "met": bool(len(best) == len(corpora) and best.min() >= 0.5),
-                    "best_per_corpus": {c: {"gap_closed": float(best[c]), "method": cells[c][0], "calib": cells[c][1]}
-                                        for c in best.index}})
+        # One method must hold on every corpus: per method, its best calibration set on each corpus
+        # (never one drawn from that corpus), then its worst corpus; the best method by that worst.
+        per = int4.loc[int4.groupby(["method", "corpus"]).gap_closed.idxmax()]
+        covered = per.groupby("method").corpus.nunique() == len(corpora)
+        worst = per.groupby("method").gap_closed.min()[covered]
+        target = {"target": "best calibrated int4-g128 method closes >= 50% of RTN's gap on every corpus "
+                            "(calibration set not drawn from that corpus)", "worst": float("nan"), "met": False}
+        if len(worst):
+            method = worst.idxmax()
+            target.update(worst=float(worst.max()), met=bool(worst.max() >= 0.5), method=method,
+                          best_per_corpus={r.corpus: {"gap_closed": float(r.gap_closed), "calib": r.calib}
+                                           for r in per[per.method == method].itertuples()})
+        out.append(target)
     for m in ("wanda:0.5", "sparsegpt:0.5"):
         g = frame[(frame.method == m) & frame.of_peer_increase.notna()]
         if len(g):

@@ -61,8 +61,8 @@ def _variants(args):
     from .server import Variant
 
     if args.variant:
-        return [Variant.parse(s, model=args.model) for s in args.variant]
-    return [Variant(args.model, args.quant, args.prune, args.dtype).checked()]
+        return [Variant.parse(s, model=args.model, calib=args.calib) for s in args.variant]
+    return [Variant(args.model, args.quant, args.prune, args.dtype, args.calib).checked()]
 
 
 def _server_args(args) -> list[str]:
@@ -101,7 +101,7 @@ def cmd_eval(args):
     if args.eval_command == "references":
         from .server import Variant
 
-        with _target(args, Variant(args.model, args.quant, args.prune, args.dtype).checked()) as server:
+        with _target(args, Variant(args.model, args.quant, args.prune, args.dtype, args.calib).checked()) as server:
             kw = {k: v for k, v in (("prompts", args.prompts), ("out_dir", args.out_dir)) if v}
             out = write_references(server, name=args.name, max_tokens=args.max_tokens, **kw)
         print(json.dumps({"references": str(out)}) if args.json else f"wrote {out}")

@@ -26,25 +26,27 @@ class ServerUnreachableError(WorkbenchError):
 
 @dataclass(frozen=True)
 class Variant:
-    """One model a researcher compares: `workbench serve`'s --model --quant --prune --dtype."""
+    """One model a researcher compares: `workbench serve`'s --model --quant --prune --dtype --calib."""
     model: str = "smollm2-135m"
     quant: str | None = None
     prune: str | None = None
     dtype: str = "float32"
+    calib: str | None = None  # calibration set of a calibrated quant/prune (None: the built-in one)
 
     @classmethod
-    def parse(cls, spec: str, model: str = "smollm2-135m") -> "Variant":
-        """`fp32`, `bf16`, `quant=int8`, `quant=int4-g128,dtype=bfloat16`, `prune=wanda:0.5`, `model=DIR`."""
-        fields = {"model": model}
+    def parse(cls, spec: str, model: str = "smollm2-135m", calib: str | None = None) -> "Variant":
+        """`fp32`, `bf16`, `quant=int8`, `quant=int4-g128,dtype=bfloat16`, `prune=wanda:0.5`, `model=DIR`,
+        `quant=int4-g128-gptq,calib=licenses:2048` (a calibration set holds no comma)."""
+        fields = {"model": model, "calib": calib}  # defaults (the command line's --model, --calib)
         short = {v: k for k, v in DTYPES.items()}
         for part in filter(None, (p.strip() for p in spec.split(","))):
             if part in short or part in DTYPES:
                 fields["dtype"] = short.get(part, part)
                 continue
             key, eq, value = part.partition("=")
-            if not eq or key not in ("model", "quant", "prune", "dtype") or not value:
+            if not eq or key not in ("model", "quant", "prune", "dtype", "calib") or not value:
                 raise InvalidParameterError(f"unknown variant spec {spec!r}: expected fp32, bf16, fp16 or "
-                                            f"comma-separated model=, quant=, prune=, dtype= (got {part!r})")
+                                            f"comma-separated model=, quant=, prune=, dtype=, calib= (got {part!r})")
             fields[key] = short.get(value, value) if key == "dtype" else value
         return cls(**fields).checked()
 
@@ -61,6 +63,10 @@ class Variant:
             from ..prune.api import parse_spec
 
             parse_spec(self.prune)
+        if self.calib is not None:
+            from ..corpus import parse_calibration
+
+            parse_calibration(self.calib)
         if self.model != "tiny-random":
             from ..checkpoints import resolve
 
@@ -73,13 +79,14 @@ class Variant:
         parts = [p for p in (self.prune, self.quant) if p]
         if self.dtype != "float32" or not parts:
             parts.append(DTYPES[self.dtype])
-        name = "+".join(parts)
+        name = "+".join(parts) + (f"@{self.calib}" if self.calib else "")
         return name if self.model == "smollm2-135m" else f"{os.path.basename(self.model.rstrip('/'))}:{name}"
 
     def flags(self) -> list[str]:
         out = ["--model", self.model, "--dtype", self.dtype]
         out += ["--quant", self.quant] if self.quant else []
         out += ["--prune", self.prune] if self.prune else []
+        out += ["--calib", self.calib] if self.calib else []
         return out
 
 

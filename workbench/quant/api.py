@@ -76,6 +76,7 @@ class GGUFBlockConfig:
 
 # Calibrated methods (they need `quantize_(..., tokenizer=...)`): defined next to their algorithms.
 from .awq import AWQConfig  # noqa: E402
+from .clip import ClipConfig  # noqa: E402
 from .gptq import GPTQConfig  # noqa: E402
 from .smoothquant import SmoothQuantConfig  # noqa: E402
 
@@ -94,6 +95,16 @@ SPECS = {
     "q8_0": (GGUFBlockConfig("Q8_0"), "GGUF Q8_0: 32 int8 + a float16 scale per block"),
     "q4_0": (GGUFBlockConfig("Q4_0"), "GGUF Q4_0: 32 x 4-bit + a float16 scale per block"),
     "q4_1": (GGUFBlockConfig("Q4_1"), "GGUF Q4_1: 32 x 4-bit + a float16 scale and minimum per block"),
+    # The clip methods calibrate on 4,096 tokens by default: their gain on text of another domain than
+    # the calibration set's needs them (benchmarks/README.md, cross_domain).
+    "int4-g128-clip": (ClipConfig(128, calibration_tokens=4096),
+                       "int4-g128 format, round to nearest on ranges clipped per group to the least output error "
+                       "(calibrated: 4096 tokens)"),
+    "int4-g128-gptq-clip": (GPTQConfig(128, clip=True, calibration_tokens=4096),
+                            "int4-g128 format, GPTQ with clip-searched group ranges (calibrated: 4096 tokens)"),
+    "int4-g128-gptq-actorder-clip": (GPTQConfig(128, act_order=True, clip=True, calibration_tokens=4096),
+                                     "int4-g128 format, GPTQ act_order, static groups clip-searched "
+                                     "(calibrated: 4096 tokens)"),
 }
 
 
@@ -107,7 +118,7 @@ def config_from_spec(spec: str):
 def quantize_(model, config, filter_fn=None, *, tokenizer=None, calibration_text=None, calib=None):
     """Replace every `nn.Linear` of `model` (for which `filter_fn(name, module)` is true) in place.
 
-    Calibrated methods (configs with `needs_calibration`: GPTQ, AWQ, SmoothQuant) first run
+    Calibrated methods (configs with `needs_calibration`: GPTQ, AWQ, SmoothQuant, clip search) first run
     calibration text through the model: `tokenizer` is then required, and `calibration_text` (a
     string or token ids) defaults to the calibration half of the built-in corpus. `calib` names a
     calibration set instead (`workbench.corpus.calibration`: e.g. "licenses", "generated:2048",

@@ -15,7 +15,11 @@ For one Linear with weight W (rows x cols) and calibration inputs X (tokens x co
 act_order processes columns by descending diag(H) (the inputs with most energy first). The integers
 must still fit `Int4WeightOnlyLinear`'s layout (groups of consecutive *original* columns), so with
 act_order the group parameters are fixed before the loop from the float weights ("static_groups"
-in the reference code) and each column uses the parameters of its original group.
+in the reference code) and each column uses the parameters of its original group (`static_groups`
+alone does the same in the natural order). `clip` takes each group's parameters from the
+Hessian-weighted clip search (`clip.search_clip`) instead of its min/max: a narrower range whose
+rounding hurts the layer's output least; with act_order that is what moves int4 furthest on text
+from another domain than the calibration set's (benchmarks/README.md, cross_domain).
 
 Whole model: decoder layers are quantized in order, and the calibration inputs of layer i are
 computed by layers < i that are already quantized, so each layer corrects for the error upstream.
@@ -43,6 +47,7 @@ from torch import nn
 from ..corpus import calibration_token_ids
 from ..errors import InvalidParameterError
 from .linear import Int4WeightOnlyLinear, Int8WeightOnlyLinear, QuantizedLinear
+from .clip import search_clip
 from .math import calc_qparams
 
 MIN_CALIBRATION_TOKENS = 64
@@ -187,14 +192,20 @@ def inverse_hessian_factor(H: torch.Tensor, damp: float, method: str = "GPTQ") -
 
 @torch.no_grad()
 def gptq_quantize_weight(weight: torch.Tensor, H: torch.Tensor, group_size: int = 128, block_size: int = 128,
-                         damp: float = 0.01, act_order: bool = False):
+                         damp: float = 0.01, act_order: bool = False, static_groups: bool = False,
+                         clip: bool = False):
     """GPTQ integers for one weight (out, in) given the Hessian H (in, in) of its inputs.
 
     Returns (q, scale, zero_point): q (out, in) int32 in 0..15, scale/zero_point (out, groups) for
     groups of `group_size` consecutive original columns (last one ragged), asymmetric 4-bit.
+    `static_groups` fixes every group's parameters from the float weights before the loop (always so
+    with act_order); `clip` takes them from the Hessian-weighted clip search (`clip.search_clip`)
+    instead of the group's min/max.
     """
     if not isinstance(group_size, int) or group_size < 2 or group_size % 2:
         raise InvalidParameterError(f"int4 group size must be an even integer >= 2, got {group_size!r}")
+    if not isinstance(block_size, int) or block_size < 1:
+        raise InvalidParameterError(f"GPTQ block size must be a positive integer, got {block_size!r}")
     W = weight.detach().float().clone()
     rows, cols = W.shape
     H = H.detach().double().clone()
@@ -204,9 +215,14 @@ def gptq_quantize_weight(weight: torch.Tensor, H: torch.Tensor, group_size: int 
     n_groups = -(-cols // group_size)
 
     static = None
-    if act_order:
+    if act_order or static_groups:
         # Static groups: parameters from the float weights, so groups stay consecutive original columns.
-        static = [_group_qparams(W[:, g * group_size:(g + 1) * group_size]) for g in range(n_groups)]
+        if clip:
+            s_all, z_all = search_clip(W, H, group_size)
+            static = [(s_all[:, g:g + 1], z_all[:, g:g + 1]) for g in range(n_groups)]
+        else:
+            static = [_group_qparams(W[:, g * group_size:(g + 1) * group_size]) for g in range(n_groups)]
+    if act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
     else:
@@ -234,7 +250,10 @@ def gptq_quantize_weight(weight: torch.Tensor, H: torch.Tensor, group_size: int 
                 if current.shape[1] < width:  # the group runs past this block: add its pending updates
                     rest = slice(i2, i2 + width - current.shape[1])
                     current = torch.cat([current, W[:, rest] - Err1[:, :i] @ Hinv[i1:j, rest]], dim=1)
-                s, z = _group_qparams(current)
+                if clip:
+                    s, z = search_clip(current, H[j:j + width, j:j + width], width + width % 2)
+                else:
+                    s, z = _group_qparams(current)
                 scales[:, g:g + 1], zeros[:, g:g + 1] = s, z.float()
             s, z = scales[:, g], zeros[:, g]
             w = W1[:, i]
@@ -262,6 +281,8 @@ class GPTQConfig:
     The output head is quantized by GPTQ too (`head_method="gptq"`; "rtn" rounds it to nearest in
     the same int4 format, "int8" keeps it at 8 bits per output channel, `include_head=False` keeps it
     float). With tied embeddings the head's choice is the embedding's too, see the module docstring.
+    `static_groups` fixes the group parameters from the float weights (implied by act_order);
+    `clip` searches them per group (`clip.search_clip`) instead of taking min/max.
     """
 
     group_size: int = 128
@@ -272,9 +293,15 @@ class GPTQConfig:
     window: int = 512
     include_head: bool = True
     head_method: str = "gptq"
+    static_groups: bool = False
+    clip: bool = False
     needs_calibration = True  # class attribute, not a field: quantize_ passes calibration data
 
     def __post_init__(self):
+        if not isinstance(self.damp, (int, float)) or isinstance(self.damp, bool) or not 0 < self.damp <= 1:
+            raise InvalidParameterError(f"GPTQ damp must be in (0, 1] (a fraction of mean(diag H)), got {self.damp!r}")
+        if not isinstance(self.block_size, int) or isinstance(self.block_size, bool) or self.block_size < 1:
+            raise InvalidParameterError(f"GPTQ block size must be a positive integer, got {self.block_size!r}")
         if self.head_method not in HEAD_METHODS:
             raise InvalidParameterError(f"head_method must be one of {', '.join(HEAD_METHODS)}, got {self.head_method!r}")
 
@@ -324,8 +351,8 @@ def gptq_quantize_model(model, ids: torch.Tensor, config: GPTQConfig = GPTQConfi
                         verbose: bool = False):
     """Replace every decoder Linear (for which filter_fn(name, module) holds) by its GPTQ int4 version."""
     def gptq_linear(linear, H):
-        q, scale, zp = gptq_quantize_weight(linear.weight, H, config.group_size,
-                                            config.block_size, config.damp, config.act_order)
+        q, scale, zp = gptq_quantize_weight(linear.weight, H, config.group_size, config.block_size, config.damp,
+                                            config.act_order, config.static_groups, config.clip)
         return int4_linear_from_integers(q, scale, zp, config.group_size).to(linear.weight.device)
 
     def quantize(layer, names, H):
