@@ -66,6 +66,14 @@ def decode_both_ways(model, prompts, steps=5):
     return runs[0], runs[1], sum(s is not None for s in served)
 
 
+def assert_native_matches(model, prompts, steps=5, **tolerance):
+    """The native stack served every step, with the layers' greedy tokens and (within `tolerance`) logits."""
+    (native_tokens, native_logits, _), (tokens, logits, _), served = decode_both_ways(model, prompts, steps)
+    assert served == steps, "the native stack should have served every decode step"
+    assert native_tokens == tokens
+    torch.testing.assert_close(native_logits, logits, **(tolerance or dict(rtol=1e-4, atol=1e-4)))
+
+
 def tolerance(quant):
     """4-bit layers round activations to int8 where the CPU has VNNI: a last-bit difference upstream
     (exp, summation order) can move one rounding step of 1/127 of a block's largest activation."""
@@ -99,9 +107,7 @@ def test_int4_follows_the_activation_mode(ops, mode):
     quantize_(model, "int4-g64")
     kernels.enable(model)
     with kernels.using_int4_activations(mode):
-        (native_tokens, native_logits, _), (tokens, logits, _), served = decode_both_ways(model, BATCH)
-    assert served == 5 and native_tokens == tokens
-    torch.testing.assert_close(native_logits, logits, **tolerance("int4-g64"))
+        assert_native_matches(model, BATCH, **tolerance("int4-g64"))
 
 
 def test_bfloat16_rounds_like_the_layers(ops):
@@ -117,18 +123,14 @@ def test_bfloat16_rounds_like_the_layers(ops):
 def test_heads_the_attention_kernel_does_not_cover(ops):
     model = small_model(head_dim=16)  # PyTorch's attention inside the native stack
     kernels.enable(model)
-    (native_tokens, native_logits, _), (tokens, logits, _), served = decode_both_ways(model, BATCH)
-    assert served == 5 and native_tokens == tokens
-    torch.testing.assert_close(native_logits, logits, rtol=1e-4, atol=1e-4)
+    assert_native_matches(model, BATCH)
 
 
 def test_the_bundled_model_decodes_the_same_tokens(ops, model_and_tokenizer):
     model = copy.deepcopy(model_and_tokenizer[0])
     kernels.enable(model)
     prompt = [model_and_tokenizer[1].encode("The Python language reference says that")]
-    (native_tokens, native_logits, _), (tokens, logits, _), served = decode_both_ways(model, prompt, steps=8)
-    assert served == 8 and native_tokens == tokens
-    torch.testing.assert_close(native_logits, logits, rtol=1e-4, atol=2e-4)
+    assert_native_matches(model, prompt, steps=8, rtol=1e-4, atol=2e-4)
 
 
 @torch.inference_mode()
@@ -137,9 +139,7 @@ def test_a_replaced_module_rebuilds_the_plan(ops):
     kernels.enable(model)
     decode_both_ways(model, PROMPTS, steps=2)  # builds the float plan
     quantize_(model, "int8")  # replaces every projection
-    (native_tokens, native_logits, _), (tokens, logits, _), served = decode_both_ways(model, PROMPTS, steps=3)
-    assert served == 3 and native_tokens == tokens
-    torch.testing.assert_close(native_logits, logits, rtol=1e-4, atol=1e-4)
+    assert_native_matches(model, PROMPTS, steps=3)
 
 
 @torch.inference_mode()
