@@ -155,14 +155,26 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | No
     return ops.dense(x, weight, scale)
 
 
+def int4_kernel(ops, group_size: int, padded_in_features: int) -> str:
+    """The extension's int4 product for this layout: "int4_q8" where 4-bit layers round activations to
+    int8 and the integer kernel covers the layout, else "int4" (float activations)."""
+    rounds = int4_activations() == "int8" and ops.int4_q8_fits(group_size, padded_in_features)
+    return "int4_q8" if rounds else "int4"
+
+
+def gguf_kernel(ops, type_id: int, in_features: int) -> str:
+    """The extension's GGUF product: "gguf_q8" for Q4_0 / Q4_1 where 4-bit layers round activations to
+    int8 (as int4 layers do), else "gguf"."""
+    return "gguf_q8" if int4_activations() == "int8" and ops.gguf_q8_fits(type_id, in_features) else "gguf"
+
+
 def int4_linear(x: torch.Tensor, packed, scale, zero_point, group_size: int) -> torch.Tensor | None:
     """`Int4WeightOnlyLinear`'s product through the kernel, or None when it does not apply."""
     ops = _ops(x, None, MAX_ROWS_QUANTIZED)
     if ops is None or not packed.is_contiguous():
         return None
-    if int4_activations() == "int8" and ops.int4_q8_fits(group_size, packed.shape[-1] * 2):
-        return ops.int4_q8(x, packed, scale, zero_point, group_size, x.shape[-1])
-    return ops.int4(x, packed, scale, zero_point, group_size, x.shape[-1])
+    kernel = getattr(ops, int4_kernel(ops, group_size, packed.shape[-1] * 2))
+    return kernel(x, packed, scale, zero_point, group_size, x.shape[-1])
 
 
 def gguf_linear(x: torch.Tensor, raw: torch.Tensor, type_name: str) -> torch.Tensor | None:
@@ -171,9 +183,7 @@ def gguf_linear(x: torch.Tensor, raw: torch.Tensor, type_name: str) -> torch.Ten
     if ops is None or type_name not in GGUF_TYPES or not raw.is_contiguous():
         return None
     type_id, K = GGUF_TYPES[type_name], x.shape[-1]
-    if int4_activations() == "int8" and ops.gguf_q8_fits(type_id, K):  # Q4_0 / Q4_1, as int4 layers
-        return ops.gguf_q8(x, raw, type_id, K)
-    return ops.gguf(x, raw, type_id, K)
+    return getattr(ops, gguf_kernel(ops, type_id, K))(x, raw, type_id, K)
 
 
 _DECODE_DTYPES = (torch.float32, torch.bfloat16)

@@ -52,7 +52,7 @@ def _settings() -> tuple:
     return (kernels.int4_activations(),)
 
 
-def _product(module: nn.Module, dtype: torch.dtype, checks: list):
+def _product(module: nn.Module, checks: list):
     """The tuple `DecodeStack` takes for this layer's product, or None when our kernels do not compute it."""
     spec = module.kernel_spec() if hasattr(module, "kernel_spec") else None
     if spec is None:
@@ -66,16 +66,14 @@ def _product(module: nn.Module, dtype: torch.dtype, checks: list):
         return ("dense", weight, tensors[1]) if ok else None
     if kind == "int4":
         packed, scale, zero, group, in_features = tensors
-        ops = build.load()
-        q8 = kernels.int4_activations() == "int8" and ops.int4_q8_fits(group, packed.shape[-1] * 2)
-        return ("int4_q8" if q8 else "int4", packed, scale, zero, group, in_features)
+        return (kernels.int4_kernel(build.load(), group, packed.shape[-1] * 2), packed, scale, zero, group,
+                in_features)
     if kind == "gguf":
         raw, type_name, in_features = tensors
         if type_name not in kernels.GGUF_TYPES:
             return None
         type_id = kernels.GGUF_TYPES[type_name]
-        q8 = kernels.int4_activations() == "int8" and build.load().gguf_q8_fits(type_id, in_features)
-        return ("gguf_q8" if q8 else "gguf", raw, type_id, in_features)
+        return (kernels.gguf_kernel(build.load(), type_id, in_features), raw, type_id, in_features)
     return None
 
 
@@ -110,7 +108,7 @@ def build_plan(model) -> _Plan:
         for parent, name in _PROJECTIONS:
             box = layer._modules[parent]._modules
             checks.append((box, name, box[name]))
-            entry.append(_product(box[name], dtype, checks))
+            entry.append(_product(box[name], checks))
         eps = layer.input_layernorm.eps if eps is None else eps
         if any(e is None for e in entry) or {layer.input_layernorm.eps, layer.post_attention_layernorm.eps} != {eps}:
             return _Plan(None, checks, hooks, _settings())
