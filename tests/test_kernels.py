@@ -66,9 +66,11 @@ def int8_rounded(x: torch.Tensor, padded_in: int) -> torch.Tensor:
 
 def layer_input(layer, x: torch.Tensor) -> torch.Tensor:
     """What a layer's kernel route multiplies: x, or x rounded to int8 where int4 layers do that."""
+    ops, Kp = build.load(), layer.packed.shape[1] * 2 if isinstance(layer, Int4WeightOnlyLinear) else 0
     if (isinstance(layer, Int4WeightOnlyLinear) and kernels.int4_activations() == "int8"
-            and build.load().int4_q8_fits(layer.group_size, layer.packed.shape[1] * 2)):
-        return int8_rounded(x, layer.packed.shape[1] * 2)
+            and (ops.int4_q8_fits(layer.group_size, Kp)
+                 or ops.tiles_fit() and ops.int4_tiles_fit(layer.group_size, layer.in_features, Kp))):
+        return int8_rounded(x, Kp)
     if (isinstance(layer, GGUFBlockLinear) and layer.type_name in ("Q4_0", "Q4_1")
             and kernels.int4_activations() == "int8"):
         return int8_rounded(x, x.shape[-1])
@@ -161,7 +163,7 @@ def test_int4_with_int8_activations_matches_the_rounded_product(ops, each_backen
 
 def test_int4_activation_modes_route_and_validate(ops):
     w = torch.randn(64, 256, generator=torch.Generator().manual_seed(3))
-    fits, ragged = Int4WeightOnlyLinear(w, 128), Int4WeightOnlyLinear(w[:, :96], 32)  # 96 inputs: no fit
+    fits, ragged = Int4WeightOnlyLinear(w, 128), Int4WeightOnlyLinear(w[:, :96], 16)  # groups of 16: no fit
     x = torch.randn(1, 256, generator=torch.Generator().manual_seed(4))
     with torch.inference_mode(), kernels.using_int4_activations("int8"):
         check(fits(x), fits.dequantized_weight(), int8_rounded(x, 256), int4_magnitudes(fits))
@@ -172,7 +174,7 @@ def test_int4_activation_modes_route_and_validate(ops):
         kernels.set_int4_activations("int2")
     assert kernels.int4_activations() == ("int8" if ops.has_vnni() else "float")
     with pytest.raises(RuntimeError, match="group size"):
-        ops.int4_q8(x[:, :96], ragged.packed, ragged.scale, ragged.zero_point, 32, 96)
+        ops.int4_q8(x[:, :96], ragged.packed, ragged.scale, ragged.zero_point, 16, 96)
 
 
 def test_int4_activations_from_the_environment(monkeypatch):
@@ -240,17 +242,58 @@ def test_real_weights(ops, model_and_tokenizer, threads):
 
 @torch.inference_mode()
 def test_layers_route_small_batches_to_kernels_and_large_ones_to_pytorch(ops):
+    """Float activations: above the row limit every layer runs PyTorch's operators. (With int8
+    activations 4-bit layers take every size to their tiles: the next test.)"""
     w = torch.randn(64, 96, generator=torch.Generator().manual_seed(2))
     for layer in (Int8WeightOnlyLinear(w), Int4WeightOnlyLinear(w, 32), GGUFBlockLinear(w, "Q4_0")):
         small, large = torch.randn(1, 1, 96), torch.randn(2, kernels.MAX_ROWS_QUANTIZED, 96)
         with kernels.disabled():
             small_ref, large_ref = layer(small), layer(large)
-        assert torch.equal(layer(large), large_ref)  # above the row limit: the PyTorch path, bit for bit
+        with kernels.using_int4_activations("float"):
+            assert torch.equal(layer(large), large_ref)  # above the row limit: the PyTorch path, bit for bit
         out = layer(small)
         assert out.shape == small_ref.shape and not torch.equal(out, small_ref)  # another summation order
         check(out.reshape(1, -1), layer.dequantized_weight(), layer_input(layer, small.reshape(1, -1)),
               int4_magnitudes(layer) if isinstance(layer, Int4WeightOnlyLinear) else
               gguf_magnitudes(layer) if isinstance(layer, GGUFBlockLinear) else None)
+
+
+@pytest.mark.parametrize("make", [lambda w: GGUFBlockLinear(w, "Q4_0"), lambda w: GGUFBlockLinear(w, "Q4_1"),
+                                  lambda w: Int4WeightOnlyLinear(w, 32), lambda w: Int4WeightOnlyLinear(w, 128)],
+                         ids=["q4_0", "q4_1", "int4-g32", "int4-g128"])
+@torch.inference_mode()
+def test_4bit_tiles_compute_a_prompt_exactly_as_decode_steps(ops, threads, make):
+    """Int8 activations on weight tiles (16 rows each, AVX-512 VNNI): against the row kernels, for any
+    number of rows, and each row of a prompt bit for bit what it is alone; 203 rows (a part tile),
+    576 inputs (int4-g128: a short last group)."""
+    if not ops.tiles_fit():
+        pytest.skip("weight tiles need AVX-512 VNNI")
+    gen = torch.Generator().manual_seed(5)
+    layer = make(torch.randn(203, 576, generator=gen) * 0.02)
+    x = torch.randn(37, 576, generator=gen) * torch.rand(1, 576, generator=gen) * 8
+    x[3, :64] = 0  # all-zero blocks
+    with kernels.using_int4_activations("int8"):
+        tiles = kernels.weight_tiles(layer)
+        assert tiles is not None and kernels.weight_tiles(layer) is tiles  # built once
+        prompt = layer(x)
+        rows = torch.cat([layer(x[i:i + 1]) for i in range(len(x))])
+    assert torch.equal(prompt, rows)
+    if isinstance(layer, GGUFBlockLinear):
+        ref = ops.gguf_q8(x, layer.raw, kernels.GGUF_TYPES[layer.type_name], 576)
+    else:
+        ref = ops.int4_q8(x, layer.packed, layer.scale, layer.zero_point, layer.group_size, 576)
+    torch.testing.assert_close(prompt, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    with kernels.using_int4_activations("float"):
+        assert kernels.weight_tiles(layer) is None
+    with torch.inference_mode(False):  # replacing or writing the weights rebuilds the tiles
+        for name in ("raw",) if isinstance(layer, GGUFBlockLinear) else ("packed", "scale"):
+            setattr(layer, name, getattr(layer, name).clone())
+            with kernels.using_int4_activations("int8"):
+                assert kernels.weight_tiles(layer) is not tiles
+                tiles = kernels.weight_tiles(layer)
+                getattr(layer, name).add_(0)
+                assert kernels.weight_tiles(layer) is not tiles
+                tiles = kernels.weight_tiles(layer)
 
 
 def test_kernels_do_not_take_autograd_or_unsupported_dtypes(ops):

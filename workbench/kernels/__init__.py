@@ -81,7 +81,8 @@ def disabled():
 
 def set_int4_activations(mode: str | None):
     """How 4-bit layers (int4, GGUF Q4_0 and Q4_1) treat activations on the kernel path: "int8" (rounded per block of 32, integer
-    dot products), "float" (exact weight-only), or None (the default: int8 where the CPU has VNNI)."""
+    dot products; with AVX-512 VNNI at every number of rows, prompts included, see `weight_tiles`), "float" (exact
+    weight-only), or None (the default: int8 where the CPU has VNNI)."""
     global _int4_activations
     if mode is not None and mode not in INT4_ACTIVATIONS:
         raise InvalidParameterError(f"int4 activations must be one of {INT4_ACTIVATIONS} or None, got {mode!r}")
@@ -168,22 +169,66 @@ def gguf_kernel(ops, type_id: int, in_features: int) -> str:
     return "gguf_q8" if int4_activations() == "int8" and ops.gguf_q8_fits(type_id, in_features) else "gguf"
 
 
-def int4_linear(x: torch.Tensor, packed, scale, zero_point, group_size: int) -> torch.Tensor | None:
+def weight_tiles(layer) -> torch.Tensor | None:
+    """A 4-bit layer's weights regrouped 16 rows per tile (`csrc/gguf_q8.h`) for the int8-activation
+    product `tiles_q8`, or None where it does not run (float activations, no AVX-512 VNNI, Q8_0, an
+    int4 layout it does not cover). Built at first use and kept on the layer (as many bytes again as
+    its weights, plus float32 scales for int4); rebuilt when a weight tensor is replaced or written in
+    place."""
+    ops = build.load() if _enabled and int4_activations() == "int8" else None
+    if ops is None or not ops.tiles_fit():
+        return None
+    if hasattr(layer, "raw"):  # GGUFBlockLinear
+        tensors = (layer.raw,)
+        if layer.type_name not in GGUF_TYPES or not ops.gguf_q8_fits(GGUF_TYPES[layer.type_name], layer.in_features):
+            return None
+        make = lambda: ops.gguf_tiles(layer.raw, GGUF_TYPES[layer.type_name], layer.in_features)
+    else:  # Int4WeightOnlyLinear
+        tensors = (layer.packed, layer.scale, layer.zero_point)
+        if not ops.int4_tiles_fit(layer.group_size, layer.in_features, layer.packed.shape[-1] * 2):
+            return None
+        make = lambda: ops.int4_tiles(layer.packed, layer.scale, layer.zero_point, layer.group_size, layer.in_features)
+    if not all(t.is_cpu and t.is_contiguous() for t in tensors):
+        return None
+    versions = tuple(_version(t) for t in tensors)
+    cached = layer.__dict__.get("_kernel_tiles")  # (tensors, their versions, tiles)
+    if cached is None or any(a is not b for a, b in zip(cached[0], tensors)) or cached[1] != versions:
+        cached = layer.__dict__["_kernel_tiles"] = (tensors, versions, make())
+    return cached[2]
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """t's in-place write counter (None for inference tensors, which keep none)."""
+    return None if t.is_inference() else t._version
+
+
+def _tiles_linear(x: torch.Tensor, layer) -> torch.Tensor | None:
+    """The layer's product on its tiles for any number of rows of x (a prompt's rows are rounded to
+    int8 exactly as a decode step's), or None."""
+    if _ops(x, None, x.numel() // max(x.shape[-1], 1)) is None or (tiles := weight_tiles(layer)) is None:
+        return None
+    return build.load().tiles_q8(x, tiles, x.shape[-1], layer.out_features)
+
+
+def int4_linear(x: torch.Tensor, layer) -> torch.Tensor | None:
     """`Int4WeightOnlyLinear`'s product through the kernel, or None when it does not apply."""
-    ops = _ops(x, None, MAX_ROWS_QUANTIZED)
-    if ops is None or not packed.is_contiguous():
-        return None
-    kernel = getattr(ops, int4_kernel(ops, group_size, packed.shape[-1] * 2))
-    return kernel(x, packed, scale, zero_point, group_size, x.shape[-1])
+    y = _tiles_linear(x, layer)
+    ops = _ops(x, None, MAX_ROWS_QUANTIZED) if y is None else None
+    if ops is None or not layer.packed.is_contiguous():
+        return y
+    G = layer.group_size
+    kernel = getattr(ops, int4_kernel(ops, G, layer.packed.shape[-1] * 2))
+    return kernel(x, layer.packed, layer.scale, layer.zero_point, G, x.shape[-1])
 
 
-def gguf_linear(x: torch.Tensor, raw: torch.Tensor, type_name: str) -> torch.Tensor | None:
+def gguf_linear(x: torch.Tensor, layer) -> torch.Tensor | None:
     """`GGUFBlockLinear`'s product through the kernel, or None when it does not apply."""
-    ops = _ops(x, None, MAX_ROWS_QUANTIZED)
-    if ops is None or type_name not in GGUF_TYPES or not raw.is_contiguous():
-        return None
-    type_id, K = GGUF_TYPES[type_name], x.shape[-1]
-    return getattr(ops, gguf_kernel(ops, type_id, K))(x, raw, type_id, K)
+    y = _tiles_linear(x, layer)
+    ops = _ops(x, None, MAX_ROWS_QUANTIZED) if y is None else None
+    if ops is None or layer.type_name not in GGUF_TYPES or not layer.raw.is_contiguous():
+        return y
+    type_id, K = GGUF_TYPES[layer.type_name], x.shape[-1]
+    return getattr(ops, gguf_kernel(ops, type_id, K))(x, layer.raw, type_id, K)
 
 
 _DECODE_DTYPES = (torch.float32, torch.bfloat16)

@@ -64,6 +64,9 @@ def _product(module: nn.Module, checks: list):
         weight = tensors[0]
         ok = weight.is_contiguous() and weight.dtype in (torch.float32, torch.bfloat16, torch.int8)
         return ("dense", weight, tensors[1]) if ok else None
+    tiles = kernels.weight_tiles(module) if kind in ("int4", "gguf") else None
+    if tiles is not None:
+        return ("tiles_q8", tiles, module.in_features, module.out_features)
     if kind == "int4":
         packed, scale, zero, group, in_features = tensors
         return (kernels.int4_kernel(build.load(), group, packed.shape[-1] * 2), packed, scale, zero, group,

@@ -4,7 +4,8 @@ Every class keeps its weight in its integer form (int8, two int4 per byte, or ra
 so model bytes in memory and on disk shrink. `forward` computes through PyTorch ops that exist
 today (dequantize, then `F.linear`; `torch._int_mm` for W8A8). That is the kernel seam: for a few
 rows of x (decoding), the int8, int4 and GGUF-block layers call our C++ kernels (`workbench.kernels`),
-which read the packed weight once and never materialise the float matrix.
+which read the packed weight once and never materialise the float matrix; 4-bit layers with int8
+activations use them for prompts too (`kernels.weight_tiles`).
 """
 
 from __future__ import annotations
@@ -81,9 +82,10 @@ class Int4WeightOnlyLinear(QuantizedLinear):
     """4-bit weights, asymmetric per group of `group_size` inputs, packed two per byte:
     w = (q - zero_point) * scale; byte j of a row holds input 2j (low nibble) and 2j+1 (high).
 
-    At decode sizes the kernel rounds x to int8 per block of 32 inputs where the CPU has AVX-512
-    VNNI (integer dot products; see `workbench.kernels.set_int4_activations`); larger batches and
-    the PyTorch path multiply float x by the dequantized weight."""
+    Where the CPU has AVX-512 VNNI the kernel rounds x to int8 per block of 32 inputs (integer dot
+    products; see `workbench.kernels.set_int4_activations`), on weight tiles for any number of rows,
+    so a prompt is computed as its decode steps are; elsewhere, and with kernels off, float x
+    multiplies the dequantized weight."""
 
     uses_kernels = True
 
@@ -116,7 +118,7 @@ class Int4WeightOnlyLinear(QuantizedLinear):
         return ("int4", self.packed, self.scale, self.zero_point, self.group_size, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = kernels.int4_linear(x, self.packed, self.scale, self.zero_point, self.group_size)
+        y = kernels.int4_linear(x, self)
         return super().forward(x) if y is None else y
 
 
@@ -172,7 +174,7 @@ class GGUFBlockLinear(QuantizedLinear):
         return ("gguf", self.raw, self.type_name, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = kernels.gguf_linear(x, self.raw, self.type_name)
+        y = kernels.gguf_linear(x, self)
         return super().forward(x) if y is None else y
 
 

@@ -146,6 +146,109 @@ static void rows(int64_t type, const uint8_t* raw, const int8_t* xq, const float
   WB_SWITCH_M(M_, (rows_m<M>(type, raw, xq, dx, xsum, y, N, K, n0, n1)));
 }
 
+// Tiles: the same blocks regrouped 16 output rows at a time, so that one 512-bit register holds 4
+// weights of each of 16 rows and vpdpbusd sums them against 4 inputs broadcast to every lane: the
+// 16 dot products of a block come out in the lanes of one register, with no horizontal sums. This is
+// the layout llama.cpp repacks Q4_0 into on AVX-512 CPUs. A tile-block of rows n0..n0+15 and block b
+// holds d[16] and c[16] (float16 for GGUF blocks, c = -8d for Q4_0, exact; float32 for int4 layers,
+// d = the group's scale, c = -scale * zero point), then four chunks of 64 bytes: chunk j, lane n =
+// bytes 4j..4j+3 of the row's block in GGUF order (low nibbles: weights 4j..4j+3, high nibbles:
+// weights 16+4j..16+4j+3). Rows past N are zero.
+constexpr int64_t TILE = 16, TILE_NIBBLES = 256;
+static inline int64_t tile_block_bytes(bool f32) { return (f32 ? 128 : 64) + TILE_NIBBLES; }
+
+static void make_tiles(int64_t type, const uint8_t* raw, int64_t N, int64_t K, uint8_t* out) {
+  const int64_t blocks = K / BLOCK, bb = type == 1 ? 18 : 20, head = bb - 16, tiles = (N + TILE - 1) / TILE;
+  const int64_t TILE_BLOCK = tile_block_bytes(false);
+  std::memset(out, 0, tiles * blocks * TILE_BLOCK);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* blk = raw + (n * blocks + b) * bb;
+      uint8_t* tb = out + ((n / TILE) * blocks + b) * TILE_BLOCK;
+      const int lane = (int)(n % TILE);
+      const uint16_t d = load_u16(blk);
+      const uint16_t c = type == 1 ? _cvtss_sh(-8.0f * _cvtsh_ss(d), 0) : load_u16(blk + 2);
+      std::memcpy(tb + 2 * lane, &d, 2);
+      std::memcpy(tb + 32 + 2 * lane, &c, 2);
+      for (int j = 0; j < 4; ++j) std::memcpy(tb + 64 + 64 * j + 4 * lane, blk + head + 4 * j, 4);
+    }
+}
+
+// Int4WeightOnlyLinear rows (packed: byte j = inputs 2j, 2j+1, rows of Kp >= K inputs; group size G,
+// a multiple of 32; K a multiple of 32, so a short last group holds whole blocks) as float32-header
+// tiles of the K real inputs.
+static void make_int4_tiles(const uint8_t* packed, const float* scale, const uint8_t* zero, int64_t N, int64_t K,
+                            int64_t Kp, int64_t G, uint8_t* out) {
+  const int64_t blocks = K / BLOCK, tiles = (N + TILE - 1) / TILE, TILE_BLOCK = tile_block_bytes(true);
+  std::memset(out, 0, tiles * blocks * TILE_BLOCK);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* src = packed + n * (Kp / 2) + b * (BLOCK / 2);
+      uint8_t* tb = out + ((n / TILE) * blocks + b) * TILE_BLOCK;
+      const int lane = (int)(n % TILE);
+      const int64_t g = n * (Kp / G) + b * BLOCK / G;
+      const float d = scale[g], c = -scale[g] * (float)zero[g];
+      std::memcpy(tb + 4 * lane, &d, 4);
+      std::memcpy(tb + 64 + 4 * lane, &c, 4);
+      for (int j = 0; j < 16; ++j) {  // weights j and 16 + j of the block into one byte
+        const int lo = (src[j / 2] >> (4 * (j % 2))) & 15, hi = (src[(16 + j) / 2] >> (4 * (j % 2))) & 15;
+        tb[128 + 64 * (j / 4) + 4 * lane + j % 4] = (uint8_t)(lo | (hi << 4));
+      }
+    }
+}
+
+// Rows m0..m0+M-1 of x against tile t: y[m, 16t..16t+15].
+template <int M, bool F32>
+static inline void tile_m(const uint8_t* tile, const int8_t* xq, const float* dx, const float* xsum, float* y,
+                          int64_t N, int64_t K, int64_t n0) {
+  const int64_t blocks = K / BLOCK, TILE_BLOCK = tile_block_bytes(F32), nib = TILE_BLOCK - TILE_NIBBLES;
+  const __m512i low4 = _mm512_set1_epi8(15);
+  __m512 acc[M];
+  for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* tb = tile + b * TILE_BLOCK;
+    const __m512 d = F32 ? _mm512_loadu_ps(tb) : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)tb));
+    const __m512 c = F32 ? _mm512_loadu_ps(tb + 64) : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(tb + 32)));
+    __m512i w[8];
+    for (int j = 0; j < 4; ++j) {
+      const __m512i v = _mm512_loadu_si512(tb + nib + 64 * j);
+      w[j] = _mm512_and_si512(v, low4);
+      w[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+    }
+    for (int m = 0; m < M; ++m) {
+      const int8_t* xb = xq + m * K + b * BLOCK;
+      __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();  // two chains: half the latency
+      for (int j = 0; j < 4; ++j) {
+        s0 = _mm512_dpbusd_epi32(s0, w[j], _mm512_set1_epi32(load_i32(xb + 4 * j)));
+        s1 = _mm512_dpbusd_epi32(s1, w[4 + j], _mm512_set1_epi32(load_i32(xb + 16 + 4 * j)));
+      }
+      const __m512 s = _mm512_mul_ps(d, _mm512_set1_ps(dx[m * blocks + b]));
+      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), s, acc[m]);
+      acc[m] = _mm512_fmadd_ps(c, _mm512_set1_ps(xsum[m * blocks + b]), acc[m]);
+    }
+  }
+  const __mmask16 keep = N - n0 >= TILE ? (__mmask16)0xFFFF : (__mmask16)((1u << (N - n0)) - 1);
+  for (int m = 0; m < M; ++m) _mm512_mask_storeu_ps(y + m * N + n0, keep, acc[m]);
+}
+
+// Tiles [t0, t1) against all `rows` rows of x, 4 rows at a time (the tile's weights stay in L1).
+template <bool F32>
+static void tiles_rows(const uint8_t* tiles, const int8_t* xq, const float* dx, const float* xsum, float* y,
+                       int64_t rows, int64_t N, int64_t K, int64_t t0, int64_t t1) {
+  const int64_t blocks = K / BLOCK, tile_bytes = blocks * tile_block_bytes(F32);
+  for (int64_t t = t0; t < t1; ++t) {
+    const uint8_t* tile = tiles + t * tile_bytes;
+    if (t + 2 < t1) {  // the tile after next: weights are read once, straight from memory
+      for (int64_t off = 0; off < tile_bytes; off += 64) _mm_prefetch((const char*)(tile + 2 * tile_bytes + off), _MM_HINT_T0);
+    }
+    for (int64_t m0 = 0; m0 < rows; m0 += 4) {
+      const int64_t at = m0 * blocks;
+      WB_SWITCH_M((int)std::min<int64_t>(4, rows - m0),
+                  (tile_m<M, F32>(tile, xq + m0 * K, dx + at, xsum + at, y + m0 * N, N, K, t * TILE)));
+    }
+  }
+}
+
 }  // namespace blocks_q8_vnni
 #pragma GCC pop_options
 #endif

@@ -86,14 +86,14 @@ static void set_backend(const std::string& name) {
 // Split output rows over OpenMP threads (torch's own runtime: torch.set_num_threads applies), in
 // contiguous ranges so each thread streams its own part of the weight. Small problems stay serial.
 template <class Fn>
-static void parallel_rows(int64_t N, int64_t bytes_per_row, Fn fn) {
+static void parallel_rows(int64_t N, int64_t bytes_per_row, Fn fn, int64_t align = 4) {
   const int threads = omp_get_max_threads();
   const bool parallel = threads > 1 && N * bytes_per_row >= (64 << 10) && !omp_in_parallel();
   if (!parallel) return fn(0, N);
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num(), T = omp_get_num_threads();
-    const int64_t per = ((N + T - 1) / T + 3) / 4 * 4;  // a multiple of 4 keeps row tiles whole
+    const int64_t per = ((N + T - 1) / T + align - 1) / align * align;  // a multiple of 4 keeps row tiles whole
     const int64_t n0 = std::min<int64_t>(N, t * per), n1 = std::min<int64_t>(N, n0 + per);
     if (n0 < n1) fn(n0, n1);
   }
@@ -315,33 +315,116 @@ static at::Tensor gguf(const at::Tensor& x_, const at::Tensor& raw, int64_t type
   return finish(y, x_);
 }
 
-// GGUFBlockLinear's Q4_0 / Q4_1 product with x rounded to int8 per block of 32 (gguf_q8.h): integer
-// dot products on the AVX-512 backend when the CPU has VNNI, the portable loop otherwise.
-static at::Tensor gguf_q8(const at::Tensor& x_, const at::Tensor& raw, int64_t type, int64_t K) {
+static void check_gguf_q8(const at::Tensor& raw, int64_t type, int64_t K) {
   TORCH_CHECK(blocks_q8::fits(type, K), "the int8-activation GGUF kernel covers Q4_0 (1) and Q4_1 (2) rows of whole "
               "blocks, got type ", type, " with ", K, " inputs");
   const int64_t block_bytes = type == 1 ? 18 : 20, blocks = K / 32;
   TORCH_CHECK(raw.scalar_type() == at::kByte && raw.dim() == 2 && raw.is_contiguous() &&
               raw.size(1) == blocks * block_bytes, "raw GGUF blocks must be a contiguous uint8 matrix of ", blocks,
               " blocks per row");
+}
+
+// x rounded to int8 per block of 32, as the gguf_q8 kernels take it: dx, xsum, then the int8 rows
+// (pointers into `scratch`, which owns them).
+struct RowsQ8 {
+  at::Tensor scratch;
+  float *dx, *xsum;
+  int8_t* xq;
+  RowsQ8(const at::Tensor& x, int64_t rows, int64_t K, bool vnni) {
+    const int64_t blocks = K / 32;
+    scratch = at::empty({rows * (2 * blocks + K / 4)}, x.options());
+    dx = scratch.data_ptr<float>(), xsum = dx + rows * blocks, xq = (int8_t*)(xsum + rows * blocks);
+    for (int64_t m = 0; m < rows; ++m) {
+      const float* xm = x.data_ptr<float>() + m * K;
+#ifdef WB_X86
+      if (vnni) {
+        blocks_q8_vnni::quantize_row(xm, K, xq + m * K, dx + m * blocks, xsum + m * blocks);
+        continue;
+      }
+#endif
+      blocks_q8::quantize_row(xm, K, xq + m * K, dx + m * blocks, xsum + m * blocks);
+    }
+  }
+};
+
+static bool tiles_fit() {
+#ifdef WB_X86
+  return g_backend == AVX512 && has_vnni_cached;
+#else
+  return false;
+#endif
+}
+
+// GGUFBlockLinear's Q4_0 / Q4_1 blocks regrouped into tiles of 16 rows (gguf_q8.h), for tiles_q8.
+static at::Tensor gguf_tiles(const at::Tensor& raw, int64_t type, int64_t K) {
+  check_gguf_q8(raw, type, K);
+  TORCH_CHECK(tiles_fit(), "weight tiles need the AVX-512 backend on a CPU with VNNI");
+  const int64_t N = raw.size(0);
+  at::Tensor out = at::empty({(N + 15) / 16, K / 32 * blocks_q8_vnni::tile_block_bytes(false)}, raw.options());
+#ifdef WB_X86
+  blocks_q8_vnni::make_tiles(type, raw.data_ptr<uint8_t>(), N, K, out.data_ptr<uint8_t>());
+#endif
+  return out;
+}
+
+// Whether int4_tiles covers this layout: groups and rows of whole activation blocks.
+static bool int4_tiles_fit(int64_t G, int64_t K, int64_t Kp) { return G % 32 == 0 && K % 32 == 0 && Kp - K < G; }
+
+// Int4WeightOnlyLinear's weights as tiles of 16 rows with float32 scales (gguf_q8.h), for tiles_q8.
+static at::Tensor int4_tiles(const at::Tensor& packed, const at::Tensor& scale_, const at::Tensor& zero_, int64_t G,
+                             int64_t K) {
+  const at::Tensor scale = scale_.contiguous(), zero = zero_.contiguous();
+  const int64_t Kp = check_int4(packed, scale, zero, G, K), N = packed.size(0);
+  TORCH_CHECK(int4_tiles_fit(G, K, Kp), "int4 tiles need a group size and ", K, " inputs that are multiples of 32, "
+              "got group size ", G);
+  TORCH_CHECK(tiles_fit(), "weight tiles need the AVX-512 backend on a CPU with VNNI");
+  at::Tensor out = at::empty({(N + 15) / 16, K / 32 * blocks_q8_vnni::tile_block_bytes(true)}, packed.options());
+#ifdef WB_X86
+  blocks_q8_vnni::make_int4_tiles(packed.data_ptr<uint8_t>(), scale.data_ptr<float>(), zero.data_ptr<uint8_t>(), N,
+                                  K, Kp, G, out.data_ptr<uint8_t>());
+#endif
+  return out;
+}
+
+// The product of x, rounded to int8 per block of 32, with an N-row weight's tiles (gguf_tiles or
+// int4_tiles), for any number of rows of x: a prompt's rows are rounded as a decode step's are.
+static at::Tensor tiles_q8(const at::Tensor& x_, const at::Tensor& tiles, int64_t K, int64_t N) {
+  TORCH_CHECK(tiles_fit(), "weight tiles need the AVX-512 backend on a CPU with VNNI");
+  const int64_t blocks = K / 32;
+  TORCH_CHECK(K % 32 == 0 && tiles.scalar_type() == at::kByte && tiles.dim() == 2 && tiles.is_contiguous() &&
+              tiles.size(0) == (N + 15) / 16, "weight tiles of ", tiles.sizes(), " do not hold ", N, " rows");
+#ifdef WB_X86
+  const bool f32 = tiles.size(1) == blocks * blocks_q8_vnni::tile_block_bytes(true);
+  TORCH_CHECK(f32 || tiles.size(1) == blocks * blocks_q8_vnni::tile_block_bytes(false), "weight tiles of ",
+              tiles.sizes(), " do not hold rows of ", K, " weights");
+#endif
   check_x(x_, K);
   const at::Tensor x = as_float(x_);
-  const int64_t rows = x.numel() / K, N = raw.size(0);
-  at::Tensor scratch = at::empty({rows * (2 * blocks + K / 4)}, x.options());  // dx, xsum, then the int8 rows
-  float* dx = scratch.data_ptr<float>();
-  float* xsum = dx + rows * blocks;
-  int8_t* xq = (int8_t*)(xsum + rows * blocks);
-  const bool vnni = g_backend == AVX512 && has_vnni_cached;
-  for (int64_t m = 0; m < rows; ++m) {
-    const float* xm = x.data_ptr<float>() + m * K;
+  const int64_t rows = x.numel() / K;
+  const RowsQ8 q(x, rows, K, true);
+  at::Tensor y = new_output(x_, N);
 #ifdef WB_X86
-    if (vnni) {
-      blocks_q8_vnni::quantize_row(xm, K, xq + m * K, dx + m * blocks, xsum + m * blocks);
-      continue;
-    }
+  parallel_rows(tiles.size(0), tiles.size(1) * std::max<int64_t>(1, rows / 4), [&](int64_t t0, int64_t t1) {
+    const uint8_t* tp = tiles.data_ptr<uint8_t>();
+    float* yp = y.data_ptr<float>();
+    if (f32) return blocks_q8_vnni::tiles_rows<true>(tp, q.xq, q.dx, q.xsum, yp, rows, N, K, t0, t1);
+    blocks_q8_vnni::tiles_rows<false>(tp, q.xq, q.dx, q.xsum, yp, rows, N, K, t0, t1);
+  }, 1);
 #endif
-    blocks_q8::quantize_row(xm, K, xq + m * K, dx + m * blocks, xsum + m * blocks);
-  }
+  return finish(y, x_);
+}
+
+// GGUFBlockLinear's Q4_0 / Q4_1 product with x rounded to int8 per block of 32 (gguf_q8.h): integer
+// dot products on the AVX-512 backend when the CPU has VNNI, the portable loop otherwise.
+static at::Tensor gguf_q8(const at::Tensor& x_, const at::Tensor& raw, int64_t type, int64_t K) {
+  check_gguf_q8(raw, type, K);
+  check_x(x_, K);
+  const at::Tensor x = as_float(x_);
+  const int64_t rows = x.numel() / K, N = raw.size(0), blocks = K / 32;
+  const bool vnni = g_backend == AVX512 && has_vnni_cached;
+  const RowsQ8 q(x, rows, K, vnni);
+  const float *dx = q.dx, *xsum = q.xsum;
+  const int8_t* xq = q.xq;
   at::Tensor y = new_output(x_, N);
   for (int64_t m0 = 0; m0 < rows; m0 += 4) {
     const int M = (int)std::min<int64_t>(4, rows - m0);
@@ -533,6 +616,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("in_features"));
   m.def("gguf_q8", &gguf_q8, "GGUFBlockLinear's Q4_0/Q4_1 product with x rounded to int8 per block of 32",
         py::arg("x"), py::arg("raw"), py::arg("type"), py::arg("in_features"));
+  m.def("gguf_tiles", &gguf_tiles, "Q4_0/Q4_1 blocks regrouped 16 rows per tile for tiles_q8", py::arg("raw"),
+        py::arg("type"), py::arg("in_features"));
+  m.def("int4_tiles", &int4_tiles, "int4 weights regrouped 16 rows per tile for tiles_q8", py::arg("packed"),
+        py::arg("scale"), py::arg("zero"), py::arg("group_size"), py::arg("in_features"));
+  m.def("int4_tiles_fit", &int4_tiles_fit, "whether int4_tiles covers this layout", py::arg("group_size"),
+        py::arg("in_features"), py::arg("padded_in_features"));
+  m.def("tiles_q8", &tiles_q8, "x rounded to int8 per block of 32 times weight tiles, any number of rows",
+        py::arg("x"), py::arg("tiles"), py::arg("in_features"), py::arg("out_features"));
+  m.def("tiles_fit", &tiles_fit, "whether weight tiles and tiles_q8 run here (AVX-512 VNNI)");
   m.def("gguf_q8_fits", &blocks_q8::fits, "whether gguf_q8 covers this block type and row length", py::arg("type"),
         py::arg("in_features"));
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 or bfloat16 rows", py::arg("x"), py::arg("weight"), py::arg("eps"));

@@ -10,13 +10,13 @@
 
 // One weight matrix's product, as the Python layer describes it (kernels/stack.py):
 // ("dense", w, scale or None) | ("int4" or "int4_q8", packed, scale, zero, group size, in features) |
-// ("gguf" or "gguf_q8", raw, type id, in features).
+// ("gguf" or "gguf_q8", raw, type id, in features) | ("tiles_q8", tiles, in features, out features).
 struct LinearOp {
-  enum Kind { DENSE, INT4, INT4_Q8, GGUF, GGUF_Q8 };
+  enum Kind { DENSE, INT4, INT4_Q8, GGUF, GGUF_Q8, TILES_Q8 };
   Kind kind = DENSE;
   at::Tensor w, scale, zero;
   bool scaled = false;
-  int64_t group = 0, type = 0, in_features = 0;
+  int64_t group = 0, type = 0, in_features = 0, out = -1;
 
   static LinearOp parse(const py::tuple& t) {
     LinearOp op;
@@ -38,13 +38,16 @@ struct LinearOp {
     } else if (kind == "gguf" || kind == "gguf_q8") {
       op.kind = kind == "gguf" ? GGUF : GGUF_Q8;
       op.w = t[1].cast<at::Tensor>(), op.type = t[2].cast<int64_t>(), op.in_features = t[3].cast<int64_t>();
+    } else if (kind == "tiles_q8") {
+      op.kind = TILES_Q8;
+      op.w = t[1].cast<at::Tensor>(), op.in_features = t[2].cast<int64_t>(), op.out = t[3].cast<int64_t>();
     } else {
       TORCH_CHECK(false, "unknown product kind '", kind, "'");
     }
     return op;
   }
 
-  int64_t out_features() const { return w.size(0); }
+  int64_t out_features() const { return out >= 0 ? out : w.size(0); }
 
   at::Tensor operator()(const at::Tensor& x) const {
     switch (kind) {
@@ -52,6 +55,7 @@ struct LinearOp {
       case INT4_Q8: return int4_q8(x, w, scale, zero, group, in_features);
       case GGUF: return gguf(x, w, type, in_features);
       case GGUF_Q8: return gguf_q8(x, w, type, in_features);
+      case TILES_Q8: return tiles_q8(x, w, in_features, out);
       default: return dense(x, w, scaled ? c10::optional<at::Tensor>(scale) : c10::nullopt);
     }
   }

@@ -41,6 +41,12 @@ static inline uint16_t load_u16(const uint8_t* p) {  // unaligned little-endian 
   return v;
 }
 
+static inline int32_t load_i32(const int8_t* p) {  // four bytes, unaligned
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
 struct VecScalar {
   using F = float;
   static constexpr int W = 1;
