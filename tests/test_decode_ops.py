@@ -60,6 +60,37 @@ def test_decode_attention_matches_pytorch(attention_ops, threads, case, layout, 
         torch.testing.assert_close(kernels.decode_attention(q, k, v, m), got, rtol=0, atol=0)
 
 
+# (batch, query heads, KV heads, head size, queries, cached positions before them)
+PREFILL_CASES = [(1, 9, 3, 64, 130, 0), (2, 9, 3, 64, 17, 63), (1, 4, 4, 32, 5, 1), (2, 8, 2, 128, 66, 70)]
+
+
+@pytest.mark.parametrize("case", PREFILL_CASES, ids=lambda c: "B{}H{}KV{}hd{}T{}start{}".format(*c))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@torch.inference_mode()
+def test_prefill_attention_is_each_query_decoded_alone(attention_ops, threads, case, dtype):
+    """Every query of a prompt bit for bit what decode_attention gives it alone at its position (over
+    the keys up to it, its mask row); against PyTorch's causal attention to 1e-5 (float32)."""
+    ops = attention_ops
+    B, H, KVH, hd, T, start = case
+    S = start + T
+    gen = torch.Generator().manual_seed(T + start)
+    q = torch.randn(B, T, H, hd, generator=gen).to(dtype).transpose(1, 2)  # as the model's view: strided
+    k, v = (torch.randn(B, KVH, S + 9, hd, generator=gen).to(dtype)[:, :, :S] for _ in range(2))
+    causal = torch.ones(T, S, dtype=torch.bool).tril(start)
+    padded = (causal & (torch.rand(B, 1, 1, S, generator=gen) > 0.3)) | causal.triu(start)
+    for mask in (None, causal, padded):
+        got = ops.prefill_attention(q, k, v, mask)
+        assert got.shape == (B, T, H * hd) and got.dtype == dtype
+        for i in range(T):
+            row = None if mask is None else (mask if mask.dim() == 4 else mask[None, None])[..., i:i + 1, :start + i + 1]
+            alone = ops.decode_attention(q[:, :, i:i + 1], k[:, :, :start + i + 1], v[:, :, :start + i + 1], row)
+            assert torch.equal(got[:, i:i + 1], alone), (mask is None, i)
+        if dtype == torch.float32:
+            expected = attention(q, k, v, causal if mask is None else mask)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(kernels.decode_attention(q, k, v, mask), got, rtol=0, atol=0)
+
+
 @torch.inference_mode()
 def test_decode_attention_edges_and_fallbacks(attention_ops):
     ops = attention_ops
@@ -71,8 +102,10 @@ def test_decode_attention_edges_and_fallbacks(attention_ops):
     odd = torch.randn(1, 2, 1, 48), torch.randn(1, 1, 5, 48), torch.randn(1, 1, 5, 48)
     assert not ops.decode_attention_fits(48, 2)
     torch.testing.assert_close(kernels.decode_attention(*odd, None), attention(*odd, None))
-    two = torch.randn(2, 4, 2, 32)
-    torch.testing.assert_close(kernels.decode_attention(two, k, v, None), attention(two, k, v, None))
+    two = torch.randn(2, 4, 2, 32)  # two queries, the last two positions: the prompt kernel
+    last_two = torch.ones(2, 10, dtype=torch.bool).tril(8)
+    torch.testing.assert_close(kernels.decode_attention(two, k, v, last_two), attention(two, k, v, last_two))
+    torch.testing.assert_close(kernels.decode_attention(two, k, v, None), attention(two, k, v, last_two))
     with pytest.raises(RuntimeError, match="mask"):
         ops.decode_attention(q, k, v, torch.ones(2, 1, 1, 9, dtype=torch.bool))
     with pytest.raises(RuntimeError, match="head size 48"):

@@ -273,9 +273,28 @@ def attention_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     return ops.decode_attention(q, k, v, mask)
 
 
+def prefill_attention_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             mask: torch.Tensor | None) -> torch.Tensor | None:
+    """`model.attention` for several queries per sequence (a prompt, causal over the keys before and
+    among them) on our kernel, each query computed exactly as `attention_kernel` computes it alone at
+    its position; None when it does not apply."""
+    ops = _decode_ops(q, k, v) if q.dim() == 4 and k.dim() == 4 and 1 < q.shape[2] <= k.shape[2] else None
+    if (ops is None or not ops.decode_attention_fits(q.shape[-1], q.shape[1] // k.shape[1])
+            or k.stride(-1) != 1 or k.stride() != v.stride() or q.stride(-1) != 1
+            or (mask is not None and (mask.dtype != torch.bool or tuple(mask.shape[-2:]) != (q.shape[2], k.shape[2])
+                                      or not (mask.dim() == 2 or mask.dim() == 4 and mask.shape[1] == 1
+                                              and mask.shape[0] in (1, q.shape[0]))))):
+        return None
+    return ops.prefill_attention(q, k, v, mask)
+
+
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """`model.attention`: for one query per sequence, our kernel or PyTorch's, whichever is faster for
-    this shape, batch and context size class (choice.py); anything else on PyTorch."""
+    this shape, batch and context size class (choice.py); for a prompt, our kernel where it applies
+    (so a prompt's attention is what its decode steps on the kernel compute); else PyTorch's."""
+    if q.dim() == 4 and k.dim() == 4 and q.shape[2] > 1:
+        out = prefill_attention_kernel(q, k, v, mask)
+        return attention(q, k, v, mask) if out is None else out
     if q.dim() != 4 or q.shape[2] != 1 or k.dim() != 4:
         return attention(q, k, v, mask)
     key = ("attention", q.dtype, q.shape[1], k.shape[1], q.shape[-1], bucket(q.shape[0]), bucket(k.shape[2]),
@@ -284,7 +303,9 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 
 class KernelRMSNorm(RMSNorm):
-    """`RMSNorm` computed by our kernel for float32 or bfloat16 rows at decode sizes (the same parameter)."""
+    """`RMSNorm` computed by our kernel for float32 or bfloat16 rows (the same parameter): at decode
+    sizes where measured faster, for a prompt's rows always, so that a prompt is normalised exactly
+    as its decode steps are (the kernel and PyTorch differ in the last bit)."""
 
     uses_kernels = True
 
@@ -296,13 +317,14 @@ class KernelRMSNorm(RMSNorm):
         return layer
 
     def kernel(self, x: torch.Tensor) -> torch.Tensor | None:
-        ops = _decode_ops(x, self.weight) if x.numel() <= MAX_ROWS * x.shape[-1] and x.is_contiguous() else None
+        ops = _decode_ops(x, self.weight) if x.is_contiguous() else None
         return None if ops is None else ops.rms_norm(x, self.weight, self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
         if rows > MAX_ROWS:
-            return super().forward(x)
+            y = self.kernel(x)
+            return super().forward(x) if y is None else y
         return run_faster(("rms_norm", x.dtype, x.shape[-1], bucket(rows)), lambda: self.kernel(x),
                           lambda: super(KernelRMSNorm, self).forward(x))
 

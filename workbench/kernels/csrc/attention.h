@@ -90,6 +90,32 @@ static inline bool fits(int64_t hd, int64_t groups) {
   return (hd == 32 || hd == 64 || hd == 128) && groups >= 1 && groups <= MAX_GROUP;
 }
 
+// One query head's output from its chunks' (max, sum, weighted values), m[c * G], l[c * G] and
+// o[(c * G) * hd] for c < chunks (pointers already at query head g): the online-softmax merge.
+static void merge(const float* m, const float* l, const float* o, int64_t chunks, int G, int64_t hd, float* y) {
+  float mx = -INFINITY, total = 0.0f;
+  for (int64_t c = 0; c < chunks; ++c) mx = std::max(mx, m[c * G]);
+  std::fill(y, y + hd, 0.0f);
+  for (int64_t c = 0; c < chunks; ++c) {
+    if (l[c * G] == 0.0f) continue;
+    const float w = std::exp(m[c * G] - mx);
+    total += w * l[c * G];
+    for (int64_t i = 0; i < hd; ++i) y[i] += w * o[c * G * hd + i];
+  }
+  const float inv = total > 0.0f ? 1.0f / total : 0.0f;  // no visible key: zeros, as PyTorch gives
+  for (int64_t i = 0; i < hd; ++i) y[i] *= inv;
+}
+
+template <typename T>
+static inline void chunk_hd(const T* const* qg, const T* k, const T* v, int64_t ks, const bool* mrow, int64_t ms,
+                            int G, float scale, int64_t s0, int64_t s1, float* mt, float* lt, float* ot, int64_t hd) {
+  switch (hd) {
+    case 32: chunk<T, 2>(qg, k, v, ks, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
+    case 64: chunk<T, 4>(qg, k, v, ks, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
+    default: chunk<T, 8>(qg, k, v, ks, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
+  }
+}
+
 template <typename T>
 static void decode(const T* q, Strides qs, const T* k, const T* v, Strides kvs, const bool* mask,
                    int64_t mb, int64_t ms, float* out, int64_t B, int64_t H, int64_t KVH, int64_t S, int64_t hd,
@@ -106,31 +132,45 @@ static void decode(const T* q, Strides qs, const T* k, const T* v, Strides kvs, 
     const int64_t head = b * kvs.b + h * kvs.h;
     const bool* mrow = mask ? mask + b * mb : nullptr;
     const int64_t s0 = c * CHUNK, s1 = std::min(S, s0 + CHUNK);
-    float *mt = &m[t * G], *lt = &l[t * G], *ot = &o[t * G * hd];
-    switch (hd) {
-      case 32: chunk<T, 2>(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
-      case 64: chunk<T, 4>(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
-      default: chunk<T, 8>(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
-    }
+    chunk_hd(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, s0, s1, &m[t * G], &l[t * G], &o[t * G * hd], hd);
   }
   for (int64_t b = 0; b < B; ++b)  // merge the chunks of each query head
     for (int64_t h = 0; h < KVH; ++h)
       for (int g = 0; g < G; ++g) {
         const int64_t first = (b * KVH + h) * chunks;
-        float mx = -INFINITY, total = 0.0f;
-        for (int64_t c = 0; c < chunks; ++c) mx = std::max(mx, m[(first + c) * G + g]);
-        float* y = out + b * H * hd + (h * G + g) * hd;
-        std::fill(y, y + hd, 0.0f);
-        for (int64_t c = 0; c < chunks; ++c) {
-          const int64_t at = (first + c) * G + g;
-          if (l[at] == 0.0f) continue;
-          const float w = std::exp(m[at] - mx);
-          total += w * l[at];
-          for (int64_t i = 0; i < hd; ++i) y[i] += w * o[at * hd + i];
-        }
-        const float inv = total > 0.0f ? 1.0f / total : 0.0f;  // no visible key: zeros, as PyTorch gives
-        for (int64_t i = 0; i < hd; ++i) y[i] *= inv;
+        merge(&m[first * G + g], &l[first * G + g], &o[(first * G + g) * hd], chunks, G, hd,
+              out + b * H * hd + (h * G + g) * hd);
       }
+}
+
+// Tq queries per sequence at positions start .. start + Tq - 1 (q strides qs.b, qs.h and qt per
+// query), query i over keys [0, start + i + 1) and its mask row (mask + b * mb + i * mt, where given):
+// each query computed exactly as `decode` computes it alone at that position (the same chunks of
+// 64 positions, the same merge), so a prompt's attention is its decode steps' bit for bit.
+// out: (B, Tq, H * hd) float32.
+template <typename T>
+static void prefill(const T* q, Strides qs, int64_t qt, const T* k, const T* v, Strides kvs, const bool* mask,
+                    int64_t mb, int64_t mt, int64_t ms, float* out, int64_t B, int64_t H, int64_t KVH, int64_t Tq,
+                    int64_t start, int64_t hd, float scale) {
+  const int G = (int)(H / KVH);
+  const int64_t tasks = B * KVH * Tq, max_chunks = (start + Tq + CHUNK - 1) / CHUNK;
+#pragma omp parallel if (!omp_in_parallel())
+  {
+    std::vector<float> m(max_chunks * G), l(max_chunks * G), o(max_chunks * G * hd);
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t b = t / (KVH * Tq), h = t / Tq % KVH, i = t % Tq, S = start + i + 1;
+      const int64_t chunks = (S + CHUNK - 1) / CHUNK, head = b * kvs.b + h * kvs.h;
+      const T* qg[MAX_GROUP];
+      for (int g = 0; g < G; ++g) qg[g] = q + b * qs.b + (h * G + g) * qs.h + i * qt;
+      const bool* mrow = mask ? mask + b * mb + i * mt : nullptr;
+      for (int64_t c = 0; c < chunks; ++c)
+        chunk_hd(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, c * CHUNK, std::min(S, c * CHUNK + CHUNK),
+                 &m[c * G], &l[c * G], &o[c * G * hd], hd);
+      for (int g = 0; g < G; ++g)
+        merge(&m[g], &l[g], &o[g * hd], chunks, G, hd, out + (b * Tq + i) * H * hd + (h * G + g) * hd);
+    }
+  }
 }
 
 }  // namespace attn512

@@ -469,6 +469,7 @@ static bool float_or_bf16(const at::Tensor& t) {
 // normalised row rounded to x's dtype before the product.
 template <typename T>
 static void rms_norm_rows(const T* x, const T* w, T* y, int64_t rows, int64_t D, float eps) {
+#pragma omp parallel for if (rows >= 64 && !omp_in_parallel())  // a prompt's rows; each row alike either way
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * D;
     float ss = 0.0f;
@@ -575,6 +576,47 @@ static at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, con
   return finish(out, q);
 }
 
+// A prompt's attention (attention.h's prefill): q (B, H, T, hd) at positions S - T .. S - 1 over k, v
+// (B, KVH, S, hd), causal, mask (T, S) or (B or 1, 1, T, S) bool or none -> (B, T, H * hd) in q's
+// dtype; every query as decode_attention computes it alone.
+static at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const c10::optional<at::Tensor>& mask) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "prefill_attention: q (B, H, T, hd), k and v (B, KVH, S, hd)");
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3), KVH = k.size(1), S = k.size(2);
+  TORCH_CHECK(float_or_bf16(q) && k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "prefill_attention: q, k and v of one dtype, float32 or bfloat16");
+  TORCH_CHECK(k.sizes() == v.sizes() && k.strides() == v.strides() && k.size(0) == B && k.size(3) == hd &&
+              q.stride(3) == 1 && k.stride(3) == 1 && H % KVH == 0 && S >= T && T >= 1,
+              "prefill_attention: k and v of one shape and layout, contiguous last axes, H a multiple of KVH, "
+              "at least as many keys as queries");
+  TORCH_CHECK(decode_attention_fits(hd, H / KVH), "prefill_attention: head size ", hd, " with ", H / KVH,
+              " query heads per KV head is not covered on this CPU");
+  const bool* mp = nullptr;
+  int64_t mb = 0, mt = 0, ms = 0;
+  at::Tensor m;
+  if (mask.has_value()) {
+    m = *mask;
+    TORCH_CHECK(m.scalar_type() == at::kBool && m.size(-1) == S && m.size(-2) == T &&
+                (m.dim() == 2 || (m.dim() == 4 && m.size(1) == 1 && (m.size(0) == 1 || m.size(0) == B))),
+                "prefill_attention: a bool mask (T, S) or (B or 1, 1, T, S)");
+    mp = m.data_ptr<bool>(), mt = m.stride(-2), ms = m.stride(-1);
+    mb = m.dim() == 4 && m.size(0) == B ? m.stride(0) : 0;
+  }
+  at::Tensor out = at::empty({B, T, H * hd}, q.options().dtype(at::kFloat));
+#ifdef WB_X86
+  const attn512::Strides qs{q.stride(0), q.stride(1), 0}, kvs{k.stride(0), k.stride(1), k.stride(2)};
+  const float scale = 1.0f / std::sqrt((float)hd);
+  if (q.scalar_type() == at::kFloat)
+    attn512::prefill(q.data_ptr<float>(), qs, q.stride(2), k.data_ptr<float>(), v.data_ptr<float>(), kvs, mp, mb, mt,
+                     ms, out.data_ptr<float>(), B, H, KVH, T, S - T, hd, scale);
+  else
+    attn512::prefill((const uint16_t*)q.data_ptr(), qs, q.stride(2), (const uint16_t*)k.data_ptr(),
+                     (const uint16_t*)v.data_ptr(), kvs, mp, mb, mt, ms, out.data_ptr<float>(), B, H, KVH, T, S - T,
+                     hd, scale);
+#endif
+  return finish(out, q);
+}
+
 // The sum of a float32 buffer, each thread streaming its own contiguous part (the memory read
 // bandwidth the decode kernels are held against: timed by workbench.kernels.read_bandwidth_gb_s).
 static double stream_read(const at::Tensor& buffer) {
@@ -631,6 +673,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rope", &rope, "rotary embedding of one token per sequence", py::arg("x"), py::arg("cos"), py::arg("sin"));
   m.def("decode_attention", &decode_attention, "attention of one query per sequence over its cache", py::arg("q"),
         py::arg("k"), py::arg("v"), py::arg("mask") = py::none());
+  m.def("prefill_attention", &prefill_attention, "a prompt's causal attention, each query as decode_attention "
+        "computes it alone", py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask") = py::none());
   m.def("decode_attention_fits", &decode_attention_fits, "whether decode_attention covers these heads here",
         py::arg("head_dim"), py::arg("groups"));
   m.def("stream_read", &stream_read, "sum of a float32 buffer read by every thread (read bandwidth)",
