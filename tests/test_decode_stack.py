@@ -106,9 +106,10 @@ def test_native_stack_computes_what_the_layers_compute(ops, threads, quant, prom
 @torch.inference_mode()
 def test_a_prompt_in_one_pass_is_its_chunks_bit_for_bit(ops, threads, quant):
     """On the kernels a prompt's logits do not depend on how it is split: one pass, chunks of 16 and
-    of 5 through the KV cache compute every position alike (4-bit layers round activations to int8 on
-    weight tiles, attention takes every query as a decode step would), so a perplexity through the
-    decode path is the whole-window one."""
+    of 5 through the KV cache, and one token per step through the native stack compute every position
+    alike (4-bit layers round activations to int8 on weight tiles, attention takes every query as a
+    decode step would, the stack uses PyTorch's silu), so a perplexity through the decode path is the
+    whole-window one."""
     if not ops.decode_attention_fits(64, 2) or not ops.tiles_fit():
         pytest.skip("the attention kernel and weight tiles need AVX-512 (VNNI)")
     kernels.set_int4_activations("int8")
@@ -118,7 +119,7 @@ def test_a_prompt_in_one_pass_is_its_chunks_bit_for_bit(ops, threads, quant):
     kernels.enable(model)
     ids = torch.randint(0, 1024, (2, 70), generator=torch.Generator().manual_seed(1))
     whole = model(ids)
-    for size in (16, 5):
+    for size in (16, 5, 1):
         cache = model.new_cache(2, 70)
         chunks = torch.cat([model(ids[:, i:i + size], cache) for i in range(0, 70, size)], 1)
         assert torch.equal(chunks, whole), size

@@ -57,10 +57,9 @@ def test_a_decode_step_on_the_chosen_paths_equals_that_path_everywhere(timings, 
     kernels.enable(model)
     ids = torch.randint(0, 1000, (batch, 5))
 
-    def decode():  # a short prefill, then one token at a time
+    def decode():  # one token at a time (a prompt of several runs on the kernels whatever was measured)
         cache = model.new_cache(batch, 16)
-        out = [model(ids[:, :3], cache)]
-        out += [model(ids[:, t:t + 1], cache) for t in (3, 4)]
+        out = [model(ids[:, t:t + 1], cache) for t in range(5)]
         return torch.cat([o[:, -1] for o in out])
 
     with kernels.disabled():

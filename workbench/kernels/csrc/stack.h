@@ -138,9 +138,11 @@ static void add_into(at::Tensor& x, const at::Tensor& d) {
 }
 
 // silu(g) * u of float32 products g, u, as F.silu(g) * u rounds each step in T; returned in float32
-// for the down product (the value is T's).
+// for the down product (the value is T's). In float32 it is PyTorch's own silu (its vectorised exp
+// and std::exp differ in the last bit), so a decode step computes what a prompt's layers compute.
 template <typename T>
 static at::Tensor silu_mul(const at::Tensor& g, const at::Tensor& u) {
+  if constexpr (std::is_same<T, float>::value) return at::silu(g).mul_(u);
   at::Tensor out = at::empty_like(g);
   const float *gp = g.data_ptr<float>(), *up = u.data_ptr<float>();
   float* op = out.data_ptr<float>();
