@@ -330,8 +330,9 @@ def test_enable_swaps_float_linears_and_keeps_the_model(ops):
     for t in range(6):  # one token at a time: the kernel path (where it is measured faster)
         a, b = model(ids[:, t:t + 1], cache_a), plain(ids[:, t:t + 1], cache_b)
         assert (a - b).abs().max() <= 1e-4
-    long = torch.randint(0, 1000, (1, kernels.MAX_ROWS + 1))
-    assert torch.equal(model(long), plain(long))  # more rows than any kernel takes: PyTorch's GEMM, bit for bit
+    long = torch.randint(0, 1000, (1, kernels.MAX_ROWS + 1))  # more rows than the float kernels take:
+    torch.testing.assert_close(model(long), plain(long), rtol=1e-5, atol=1e-5)  # PyTorch's GEMM (a prompt's
+    # attention and RMSNorm still run on our kernels, which agree to the last bits)
     kernels.disable(model)
     assert not any(isinstance(m, kernels.KernelLinear) for m in model.modules())
 

@@ -7,11 +7,11 @@ non-overlapping windows of `window`. `weight_bytes` counts every stored tensor (
 scales, zero-points, norms; the tied embedding/head once). The rows "float32" and "bfloat16" are the
 unquantized model in those dtypes.
 
-With `decode_chunks` (e.g. (16, 1)), each spec is also scored through the decode path: the same
-windows fed through a KV cache that many tokens at a time on our kernels (`kernels.enable`; with 1,
-one token per step through the native decode stack), as generation computes them; `ppl_chunkN`
-and `chunkN_vs_window` (its relative difference from the whole-window figure) say whether the
-kernels' arithmetic (int8 activations of the 4-bit formats included) moves the score.
+With `decode_chunks` (e.g. (16, 1)), every spec runs on our kernels (`kernels.enable`, as the CLI
+and the server run it), whole windows included, and is also scored through the decode path: the
+same windows fed through a KV cache that many tokens at a time (with 1, one token per step through
+the native decode stack), as generation computes them; `ppl_chunkN` and `chunkN_vs_window` (its
+relative difference from the whole-window figure) say whether splitting the text moves the score.
 """
 
 from __future__ import annotations
@@ -63,13 +63,13 @@ def quantization_table(model, tokenizer, specs, *, eval_tokens: int = 4096, wind
         quantized = model if spec == "float32" and model.dtype == torch.float32 and not decode_chunks else \
             quantized_copy(model, spec, tokenizer, calibration_tokens)
         quantize_s = now() - start
-        ppl = reference if spec == "float32" else perplexity(quantized, ids, window=window).ppl
+        if decode_chunks:
+            kernels.enable(quantized)
+        ppl = reference if spec == "float32" and not decode_chunks else perplexity(quantized, ids, window=window).ppl
         rows.append({"spec": spec, "ppl": ppl, "ppl_vs_float32": ppl / reference - 1,
                      "weight_bytes": quantized.weight_bytes(),
                      "bits_per_weight": quantized.weight_bytes() * 8 / params, "quantize_s": quantize_s,
                      "description": SPECS[spec][1] if spec in SPECS else f"unquantized, {spec}"})
-        if decode_chunks:
-            kernels.enable(quantized)
         for chunk in decode_chunks:
             decoded = perplexity(quantized, ids, window=window, chunk_tokens=chunk).ppl
             rows[-1].update({f"ppl_chunk{chunk}": decoded, f"chunk{chunk}_vs_window": decoded / ppl - 1})

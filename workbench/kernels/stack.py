@@ -38,11 +38,13 @@ _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _Pla
 class _Plan:
     """The native stack for a model as it was when built, and what must still hold for it to apply."""
 
-    def __init__(self, stack, checks: list, hooks: list, settings: tuple):
+    def __init__(self, stack, checks: list, hooks: list, settings: tuple, versions: list = ()):
         self.stack, self.checks, self.hooks, self.settings = stack, checks, hooks, settings
+        self.versions = versions  # (tensor, in-place write count): weights the plan holds as tiles
 
     def valid(self, settings: tuple) -> bool:
-        return settings == self.settings and all(box.get(name) is obj for box, name, obj in self.checks)
+        return (settings == self.settings and all(box.get(name) is obj for box, name, obj in self.checks)
+                and all(t._version == v for t, v in self.versions))
 
     def hooked(self) -> bool:
         return any(self.hooks)
@@ -52,8 +54,9 @@ def _settings() -> tuple:
     return (kernels.int4_activations(),)
 
 
-def _product(module: nn.Module, checks: list):
-    """The tuple `DecodeStack` takes for this layer's product, or None when our kernels do not compute it."""
+def _product(module: nn.Module, checks: list, versions: list):
+    """The tuple `DecodeStack` takes for this layer's product, or None when our kernels do not compute it.
+    A product on weight tiles (a copy) also notes its weights' write counts in `versions`."""
     spec = module.kernel_spec() if hasattr(module, "kernel_spec") else None
     if spec is None:
         return None
@@ -66,6 +69,8 @@ def _product(module: nn.Module, checks: list):
         return ("dense", weight, tensors[1]) if ok else None
     tiles = kernels.weight_tiles(module) if kind in ("int4", "gguf") else None
     if tiles is not None:
+        weights = tensors[:3] if kind == "int4" else tensors[:1]  # packed, scale, zero point | raw blocks
+        versions.extend((t, t._version) for t in weights if not t.is_inference())
         return ("tiles_q8", tiles, module.in_features, module.out_features)
     if kind == "int4":
         packed, scale, zero, group, in_features = tensors
@@ -96,7 +101,7 @@ def _layer_fits(layer: nn.Module) -> bool:
 
 def build_plan(model) -> _Plan:
     """The native stack for `model` now (its `stack` None where some layer is not covered)."""
-    checks, hooks, layers = [], [], []
+    checks, hooks, layers, versions = [], [], [], []
     dtype, eps = model.dtype, None
     ops = build.load()
     container = model.model.layers
@@ -111,14 +116,14 @@ def build_plan(model) -> _Plan:
         for parent, name in _PROJECTIONS:
             box = layer._modules[parent]._modules
             checks.append((box, name, box[name]))
-            entry.append(_product(box[name], checks))
+            entry.append(_product(box[name], checks, versions))
         eps = layer.input_layernorm.eps if eps is None else eps
         if any(e is None for e in entry) or {layer.input_layernorm.eps, layer.post_attention_layernorm.eps} != {eps}:
             return _Plan(None, checks, hooks, _settings())
         layers.append(tuple(entry))
     config = model.config
     stack = ops.DecodeStack(layers, eps, config.num_attention_heads, config.num_key_value_heads, config.head_dim)
-    return _Plan(stack, checks, hooks, _settings())
+    return _Plan(stack, checks, hooks, _settings(), versions)
 
 
 def _plan(model) -> _Plan | None:
