@@ -19,7 +19,7 @@ import copy
 import pandas as pd
 
 from ..corpus import CORPORA, corpus_text, parse_calibration
-from ..eval import perplexity
+from ..eval import weight_only_perplexity as perplexity
 from ..settings import now
 
 METHOD = __doc__

@@ -24,7 +24,7 @@ import torch
 from .. import kernels
 from ..corpus import builtin_text
 from ..settings import now
-from ..eval import perplexity
+from ..eval import perplexity, weight_only_perplexity
 
 METHOD = __doc__
 
@@ -65,7 +65,9 @@ def quantization_table(model, tokenizer, specs, *, eval_tokens: int = 4096, wind
         quantize_s = now() - start
         if decode_chunks:
             kernels.enable(quantized)
-        ppl = reference if spec == "float32" and not decode_chunks else perplexity(quantized, ids, window=window).ppl
+        # the table's figure: weights alone (float activations); with decode_chunks, the kernels' arithmetic
+        score = perplexity if decode_chunks else weight_only_perplexity
+        ppl = reference if spec == "float32" and not decode_chunks else score(quantized, ids, window=window).ppl
         rows.append({"spec": spec, "ppl": ppl, "ppl_vs_float32": ppl / reference - 1,
                      "weight_bytes": quantized.weight_bytes(),
                      "bits_per_weight": quantized.weight_bytes() * 8 / params, "quantize_s": quantize_s,

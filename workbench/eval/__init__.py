@@ -1,5 +1,5 @@
 """Evaluation in process: perplexity of a model on a text (the texts themselves live in `workbench.corpus`)."""
 
-from .perplexity import PerplexityResult, perplexity
+from .perplexity import PerplexityResult, perplexity, weight_only_perplexity
 
-__all__ = ["perplexity", "PerplexityResult"]
+__all__ = ["perplexity", "weight_only_perplexity", "PerplexityResult"]

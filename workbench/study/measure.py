@@ -10,7 +10,7 @@ import torch
 from ..bench import bench_decode
 from ..bench.timing import median, now, run_info
 from ..corpus import builtin_text, load_text
-from ..eval import perplexity
+from ..eval import weight_only_perplexity
 from .spec import code_version, parse_bytes
 
 METHOD = (
@@ -136,7 +136,7 @@ def measure_perplexity(model, tokenizer, cell: dict) -> dict:
     out = {}
     for name, text in texts:
         ids = tokenizer.encode(text, add_special_tokens=False)[:settings["tokens"]]
-        r = perplexity(scorer(model, cell["kv"]), ids, window=settings["window"])
+        r = weight_only_perplexity(scorer(model, cell["kv"]), ids, window=settings["window"])
         suffix = f"_{name}" if name else ""
         out[f"ppl{suffix}"], out[f"predictions{suffix}"] = r.ppl, r.predictions
     return out

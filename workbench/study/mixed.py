@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import StudyError
-from ..eval import perplexity
+from ..eval import weight_only_perplexity as perplexity
 from ..corpus import builtin_text, calibration_token_ids
 from ..io import atomic_write_text
 from ..model import weight_bytes
