@@ -93,7 +93,7 @@ static void parallel_rows(int64_t N, int64_t bytes_per_row, Fn fn, int64_t align
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num(), T = omp_get_num_threads();
-    const int64_t per = ((N + T - 1) / T + align - 1) / align * align;  // a multiple of 4 keeps row tiles whole
+    const int64_t per = ((N + T - 1) / T + align - 1) / align * align;  // whole row tiles (4 rows; weight tiles: 1)
     const int64_t n0 = std::min<int64_t>(N, t * per), n1 = std::min<int64_t>(N, n0 + per);
     if (n0 < n1) fn(n0, n1);
   }
