@@ -77,7 +77,7 @@ def assert_native_matches(model, prompts, steps=5, **tolerance):
 def tolerance(quant):
     """4-bit layers round activations to int8 where the CPU has VNNI: a last-bit difference upstream
     (exp, summation order) can move one rounding step of 1/127 of a block's largest activation."""
-    rounds = quant and quant.startswith(("int4", "q4_")) and kernels.int4_activations() == "int8"
+    rounds = quant and quant.startswith(("int4", "q4_")) and kernels.quantized_activations() == "int8"
     return dict(rtol=1e-2, atol=1e-2) if rounds else dict(rtol=1e-4, atol=1e-4)
 
 
@@ -102,17 +102,17 @@ def test_native_stack_computes_what_the_layers_compute(ops, threads, quant, prom
     torch.testing.assert_close(native_cache.v[:, :, :, :end], cache.v[:, :, :, :end], **kv)
 
 
-@pytest.mark.parametrize("quant", ["int4-g64", "q4_0", "q4_1"])
+@pytest.mark.parametrize("quant", ["int4-g64", "q4_0", "q4_1", "q8_0", "int8"])
 @torch.inference_mode()
 def test_a_prompt_in_one_pass_is_its_chunks_bit_for_bit(ops, threads, quant):
     """On the kernels a prompt's logits do not depend on how it is split: one pass, chunks of 16 and
     of 5 through the KV cache, and one token per step through the native stack compute every position
-    alike (4-bit layers round activations to int8 on weight tiles, attention takes every query as a
+    alike (quantized layers round activations to int8 on weight tiles, attention takes every query as a
     decode step would, the stack uses PyTorch's silu), so a perplexity through the decode path is the
     whole-window one."""
     if not ops.decode_attention_fits(64, 2) or not ops.tiles_fit():
         pytest.skip("the attention kernel and weight tiles need AVX-512 (VNNI)")
-    kernels.set_int4_activations("int8")
+    kernels.set_quantized_activations("int8")
     model = small_model()
     if quant:
         quantize_(model, quant)
@@ -123,7 +123,7 @@ def test_a_prompt_in_one_pass_is_its_chunks_bit_for_bit(ops, threads, quant):
         cache = model.new_cache(2, 70)
         chunks = torch.cat([model(ids[:, i:i + size], cache) for i in range(0, 70, size)], 1)
         assert torch.equal(chunks, whole), size
-    kernels.set_int4_activations(None)
+    kernels.set_quantized_activations(None)
 
 
 @pytest.mark.parametrize("mode", ["int8", "float"])
@@ -131,7 +131,7 @@ def test_int4_follows_the_activation_mode(ops, mode):
     model = small_model()
     quantize_(model, "int4-g64")
     kernels.enable(model)
-    with kernels.using_int4_activations(mode):
+    with kernels.using_quantized_activations(mode):
         assert_native_matches(model, BATCH, **tolerance("int4-g64"))
 
 
@@ -174,7 +174,7 @@ def test_weights_written_in_place_rebuild_the_tiles(ops):
     model = small_model()
     quantize_(model, "q4_0")
     kernels.enable(model)
-    with kernels.using_int4_activations("int8"):
+    with kernels.using_quantized_activations("int8"):
         decode_both_ways(model, PROMPTS, steps=2)  # builds the plan on tiles
         raw = model.model.layers[1].mlp.down_proj.raw
         with torch.no_grad():

@@ -35,15 +35,19 @@ def test_bucket():
 
 @torch.inference_mode()
 def test_a_linear_layer_takes_the_path_measured_faster_for_its_batch(timings):
-    seen = timings(lambda key: key[-1] <= 2)  # the kernel wins at 1-2 rows, PyTorch above
+    seen = timings(lambda key: key[-1] <= 2 or key[-1] >= 32)  # the kernels win at 1-2 rows and prompts
     layer = kernels.KernelLinear.from_linear(nn.Linear(1000, 300, bias=False))
     w = layer.weight
-    x1, x8 = torch.randn(1, 1000), torch.randn(8, 1000)
+    x1, x8, x40 = torch.randn(1, 1000), torch.randn(8, 1000), torch.randn(40, 1000)
     assert not torch.equal(kernels.dense_linear(x8, w), F.linear(x8, w))  # the two paths are distinguishable
+    gemm = kernels.gemm_linear(x40, w)
     for _ in range(3):
         assert torch.equal(layer(x1), kernels.dense_linear(x1, w))
         assert torch.equal(layer(x8), F.linear(x8, w))
-    assert seen == [("linear", torch.float32, 300, 1000, 1), ("linear", torch.float32, 300, 1000, 8)]  # once each
+        if gemm is not None:  # our float32 GEMM (AVX-512) for a prompt's rows
+            assert torch.equal(layer(x40), gemm)
+    keys = [("linear", torch.float32, 300, 1000, rows) for rows in (1, 8, 64)]
+    assert seen == (keys if gemm is not None else keys[:2])  # once each
     chosen = choice.choices()
     assert chosen[seen[0]]["kernel"] and not chosen[seen[1]]["kernel"]
     reference = x8.double() @ w.double().T

@@ -65,16 +65,14 @@ def int8_rounded(x: torch.Tensor, padded_in: int) -> torch.Tensor:
 
 
 def layer_input(layer, x: torch.Tensor) -> torch.Tensor:
-    """What a layer's kernel route multiplies: x, or x rounded to int8 where int4 layers do that."""
-    ops, Kp = build.load(), layer.packed.shape[1] * 2 if isinstance(layer, Int4WeightOnlyLinear) else 0
-    if (isinstance(layer, Int4WeightOnlyLinear) and kernels.int4_activations() == "int8"
-            and (ops.int4_q8_fits(layer.group_size, Kp)
-                 or ops.tiles_fit() and ops.int4_tiles_fit(layer.group_size, layer.in_features, Kp))):
-        return int8_rounded(x, Kp)
-    if (isinstance(layer, GGUFBlockLinear) and layer.type_name in ("Q4_0", "Q4_1")
-            and kernels.int4_activations() == "int8"):
-        return int8_rounded(x, x.shape[-1])
-    return x
+    """What a layer's kernel route multiplies: x, or x rounded to int8 where the layer does that (on
+    its weight tiles, and 4-bit layers on their row kernels)."""
+    ops, Kp = build.load(), layer.packed.shape[1] * 2 if isinstance(layer, Int4WeightOnlyLinear) else x.shape[-1]
+    rounds = kernels.quantized_activations() == "int8" and (
+        kernels.weight_tiles(layer) is not None
+        or isinstance(layer, Int4WeightOnlyLinear) and ops.int4_q8_fits(layer.group_size, Kp)
+        or isinstance(layer, GGUFBlockLinear) and layer.type_name in ("Q4_0", "Q4_1"))
+    return int8_rounded(x, Kp) if rounds else x
 
 
 def gguf_magnitudes(layer: GGUFBlockLinear) -> torch.Tensor:
@@ -165,26 +163,26 @@ def test_int4_activation_modes_route_and_validate(ops):
     w = torch.randn(64, 256, generator=torch.Generator().manual_seed(3))
     fits, ragged = Int4WeightOnlyLinear(w, 128), Int4WeightOnlyLinear(w[:, :96], 16)  # groups of 16: no fit
     x = torch.randn(1, 256, generator=torch.Generator().manual_seed(4))
-    with torch.inference_mode(), kernels.using_int4_activations("int8"):
+    with torch.inference_mode(), kernels.using_quantized_activations("int8"):
         check(fits(x), fits.dequantized_weight(), int8_rounded(x, 256), int4_magnitudes(fits))
         check(ragged(x[:, :96]), ragged.dequantized_weight(), x[:, :96], int4_magnitudes(ragged))  # float kernel
-    with torch.inference_mode(), kernels.using_int4_activations("float"):
+    with torch.inference_mode(), kernels.using_quantized_activations("float"):
         check(fits(x), fits.dequantized_weight(), x, int4_magnitudes(fits))
-    with pytest.raises(InvalidParameterError, match="int4 activations"):
-        kernels.set_int4_activations("int2")
-    assert kernels.int4_activations() == ("int8" if ops.has_vnni() else "float")
+    with pytest.raises(InvalidParameterError, match="quantized activations"):
+        kernels.set_quantized_activations("int2")
+    assert kernels.quantized_activations() == ("int8" if ops.has_vnni() else "float")
     with pytest.raises(RuntimeError, match="group size"):
         ops.int4_q8(x[:, :96], ragged.packed, ragged.scale, ragged.zero_point, 16, 96)
 
 
-def test_int4_activations_from_the_environment(monkeypatch):
-    monkeypatch.setattr(kernels, "_int4_activations", None)
-    monkeypatch.setenv("WORKBENCH_INT4_ACTIVATIONS", "float")
-    assert kernels.int4_activations() == "float"
-    monkeypatch.setattr(kernels, "_int4_activations", None)
-    monkeypatch.setenv("WORKBENCH_INT4_ACTIVATIONS", "int3")
-    with pytest.raises(InvalidParameterError, match="WORKBENCH_INT4_ACTIVATIONS"):
-        kernels.int4_activations()
+def test_quantized_activations_from_the_environment(monkeypatch):
+    monkeypatch.setattr(kernels, "_quantized_activations", None)
+    monkeypatch.setenv("WORKBENCH_QUANTIZED_ACTIVATIONS", "float")
+    assert kernels.quantized_activations() == "float"
+    monkeypatch.setattr(kernels, "_quantized_activations", None)
+    monkeypatch.setenv("WORKBENCH_QUANTIZED_ACTIVATIONS", "int3")
+    with pytest.raises(InvalidParameterError, match="WORKBENCH_QUANTIZED_ACTIVATIONS"):
+        kernels.quantized_activations()
 
 
 @pytest.mark.parametrize("type_name", ["Q8_0", "Q4_0", "Q4_1"])
@@ -243,13 +241,13 @@ def test_real_weights(ops, model_and_tokenizer, threads):
 @torch.inference_mode()
 def test_layers_route_small_batches_to_kernels_and_large_ones_to_pytorch(ops):
     """Float activations: above the row limit every layer runs PyTorch's operators. (With int8
-    activations 4-bit layers take every size to their tiles: the next test.)"""
+    activations quantized layers take every size to their tiles: the next test.)"""
     w = torch.randn(64, 96, generator=torch.Generator().manual_seed(2))
     for layer in (Int8WeightOnlyLinear(w), Int4WeightOnlyLinear(w, 32), GGUFBlockLinear(w, "Q4_0")):
         small, large = torch.randn(1, 1, 96), torch.randn(2, kernels.MAX_ROWS_QUANTIZED, 96)
         with kernels.disabled():
             small_ref, large_ref = layer(small), layer(large)
-        with kernels.using_int4_activations("float"):
+        with kernels.using_quantized_activations("float"):
             assert torch.equal(layer(large), large_ref)  # above the row limit: the PyTorch path, bit for bit
         out = layer(small)
         assert out.shape == small_ref.shape and not torch.equal(out, small_ref)  # another summation order
@@ -259,41 +257,64 @@ def test_layers_route_small_batches_to_kernels_and_large_ones_to_pytorch(ops):
 
 
 @pytest.mark.parametrize("make", [lambda w: GGUFBlockLinear(w, "Q4_0"), lambda w: GGUFBlockLinear(w, "Q4_1"),
-                                  lambda w: Int4WeightOnlyLinear(w, 32), lambda w: Int4WeightOnlyLinear(w, 128)],
-                         ids=["q4_0", "q4_1", "int4-g32", "int4-g128"])
+                                  lambda w: Int4WeightOnlyLinear(w, 32), lambda w: Int4WeightOnlyLinear(w, 128),
+                                  lambda w: GGUFBlockLinear(w, "Q8_0"), lambda w: Int8WeightOnlyLinear(w)],
+                         ids=["q4_0", "q4_1", "int4-g32", "int4-g128", "q8_0", "int8"])
 @torch.inference_mode()
-def test_4bit_tiles_compute_a_prompt_exactly_as_decode_steps(ops, threads, make):
-    """Int8 activations on weight tiles (16 rows each, AVX-512 VNNI): against the row kernels, for any
-    number of rows, and each row of a prompt bit for bit what it is alone; 203 rows (a part tile),
-    576 inputs (int4-g128: a short last group)."""
+def test_tiles_compute_a_prompt_exactly_as_decode_steps(ops, threads, make):
+    """Int8 activations on weight tiles (16 rows each, AVX-512 VNNI): against the 4-bit row kernels
+    and the float64 product of the rounded x with the dequantized weights, for any number of rows, and
+    each row of a prompt bit for bit what it is alone; 203 rows (a part tile), 576 inputs (int4-g128:
+    a short last group)."""
     if not ops.tiles_fit():
         pytest.skip("weight tiles need AVX-512 VNNI")
     gen = torch.Generator().manual_seed(5)
     layer = make(torch.randn(203, 576, generator=gen) * 0.02)
     x = torch.randn(37, 576, generator=gen) * torch.rand(1, 576, generator=gen) * 8
     x[3, :64] = 0  # all-zero blocks
-    with kernels.using_int4_activations("int8"):
+    with kernels.using_quantized_activations("int8"):
         tiles = kernels.weight_tiles(layer)
         assert tiles is not None and kernels.weight_tiles(layer) is tiles  # built once
         prompt = layer(x)
         rows = torch.cat([layer(x[i:i + 1]) for i in range(len(x))])
     assert torch.equal(prompt, rows)
-    if isinstance(layer, GGUFBlockLinear):
-        ref = ops.gguf_q8(x, layer.raw, kernels.GGUF_TYPES[layer.type_name], 576)
-    else:
-        ref = ops.int4_q8(x, layer.packed, layer.scale, layer.zero_point, layer.group_size, 576)
-    torch.testing.assert_close(prompt, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
-    with kernels.using_int4_activations("float"):
+    exact = (int8_rounded(x, 576).double() @ layer.dequantized_weight().double().T).float()
+    refs = [exact]
+    if isinstance(layer, GGUFBlockLinear) and layer.type_name != "Q8_0":
+        refs.append(ops.gguf_q8(x, layer.raw, kernels.GGUF_TYPES[layer.type_name], 576))
+    elif isinstance(layer, Int4WeightOnlyLinear):
+        refs.append(ops.int4_q8(x, layer.packed, layer.scale, layer.zero_point, layer.group_size, 576))
+    for ref in refs:
+        torch.testing.assert_close(prompt, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    with kernels.using_quantized_activations("float"):
         assert kernels.weight_tiles(layer) is None
+    names = {GGUFBlockLinear: ("raw",), Int8WeightOnlyLinear: ("qweight", "scale")}.get(type(layer), ("packed", "scale"))
     with torch.inference_mode(False):  # replacing or writing the weights rebuilds the tiles
-        for name in ("raw",) if isinstance(layer, GGUFBlockLinear) else ("packed", "scale"):
+        for name in names:
             setattr(layer, name, getattr(layer, name).clone())
-            with kernels.using_int4_activations("int8"):
+            with kernels.using_quantized_activations("int8"):
                 assert kernels.weight_tiles(layer) is not tiles
                 tiles = kernels.weight_tiles(layer)
                 getattr(layer, name).add_(0)
                 assert kernels.weight_tiles(layer) is not tiles
                 tiles = kernels.weight_tiles(layer)
+
+
+@pytest.mark.parametrize("rows, N, K", [(1, 5, 32), (37, 203, 576), (200, 64, 96), (600, 40, 1536)])
+@torch.inference_mode()
+def test_float32_gemm_matches_float64_and_a_row_does_not_depend_on_its_prompt(ops, threads, rows, N, K):
+    """Our GEMM for float32 prompts: part panels (N not a multiple of 32), row tails (not a multiple
+    of 12) and more than one block of 192 rows."""
+    if not ops.gemm_fits():
+        pytest.skip("our float32 GEMM needs AVX-512")
+    gen = torch.Generator().manual_seed(rows)
+    w, x = torch.randn(N, K, generator=gen), torch.randn(rows, K, generator=gen)
+    y = ops.gemm(x, w)
+    check(y, w, x)
+    for i in {0, rows // 2, rows - 1}:
+        assert torch.equal(ops.gemm(x[i:i + 1], w), y[i:i + 1])
+    assert torch.equal(kernels.gemm_linear(x, w), y)
+    assert kernels.gemm_linear(x, w.bfloat16()) is None  # bfloat16: PyTorch's GEMM
 
 
 def test_kernels_do_not_take_autograd_or_unsupported_dtypes(ops):

@@ -75,7 +75,7 @@ def test_quantize_model_in_place(spec):
             if name.endswith("norm.weight"):
                 reference.get_parameter(name).copy_(param)
     # int4 kernels may round activations to int8 (tested in test_kernels.py); here: the weights alone
-    with torch.inference_mode(), kernels.using_int4_activations("float"):
+    with torch.inference_mode(), kernels.using_quantized_activations("float"):
         out, expected = model(x), reference(x)
     tolerance = 0.05 * expected.abs().max() if spec.startswith("w8a8") else 1e-5  # w8a8 also rounds activations
     assert (out - expected).abs().max() <= tolerance

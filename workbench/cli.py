@@ -39,9 +39,10 @@ def _model_args(p: argparse.ArgumentParser):
                         "default builtin)")
     p.add_argument("--kernels", choices=["on", "off"], default="on",
                    help="our CPU kernels for decode-sized products (default on; off: PyTorch's operators only)")
-    p.add_argument("--int4-activations", choices=["auto", "int8", "float"], default="auto",
-                   help="4-bit kernels (int4, Q4_0, Q4_1): round activations to int8 per 32 inputs (integer dot products) or keep "
-                        "them float (default auto: int8 where the CPU has AVX-512 VNNI)")
+    p.add_argument("--quantized-activations", choices=["auto", "int8", "float"], default="auto",
+                   help="quantized layers on our kernels (int8, int4, Q8_0, Q4_0, Q4_1): round activations to int8 per 32 "
+                        "inputs (integer dot products) or keep them float (default auto: int8 where the CPU has "
+                        "AVX-512 VNNI)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -265,7 +266,7 @@ def _load(args):
     from . import kernels
 
     kernels.set_enabled(args.kernels == "on")
-    kernels.set_int4_activations(None if args.int4_activations == "auto" else args.int4_activations)
+    kernels.set_quantized_activations(None if args.quantized_activations == "auto" else args.quantized_activations)
     return load_variant(args.model, dtype=args.dtype, device=args.device, prune=getattr(args, "prune", None),
                         quant=getattr(args, "quant", None), kernels=args.kernels == "on", calib=calib)
 

@@ -81,7 +81,7 @@ def bench_decode(model, tokenizer, *, batch: int = 1, prompt_tokens: int = 512, 
     return {
         "engine": "workbench",
         "kernels": backend or "off",  # our CPU kernels' instruction set, or PyTorch's operators
-        "int4_activations": kernels.int4_activations() if backend else None,  # int4 layers only
+        "quantized_activations": kernels.quantized_activations() if backend else None,  # quantized layers only
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
         "threads": torch.get_num_threads(),

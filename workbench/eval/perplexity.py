@@ -112,11 +112,11 @@ def _group_equal_lengths(spans, batch_size):
 
 
 def weight_only_perplexity(model, text_or_ids, tokenizer=None, **kwargs) -> PerplexityResult:
-    """`perplexity` with 4-bit layers multiplying float activations: the quality of the weights alone,
-    the same on every CPU. (Where the CPU has AVX-512 VNNI our kernels round 4-bit layers' activations
-    to int8 by default; `benchmarks/quantization_ppl.py --decode-chunks` measures that arithmetic.)
+    """`perplexity` with quantized layers multiplying float activations: the quality of the weights
+    alone, the same on every CPU. (Where the CPU has AVX-512 VNNI our kernels round quantized layers'
+    activations to int8 by default; `benchmarks/quantization_ppl.py --decode-chunks` measures that arithmetic.)
     The quantization tables and the study record this figure."""
     from .. import kernels
 
-    with kernels.using_int4_activations("float"):
+    with kernels.using_quantized_activations("float"):
         return perplexity(model, text_or_ids, tokenizer, **kwargs)

@@ -66,7 +66,7 @@ def _variants(args):
 
 
 def _server_args(args) -> list[str]:
-    out = ["--kernels", args.kernels, "--int4-activations", args.int4_activations]
+    out = ["--kernels", args.kernels, "--quantized-activations", args.quantized_activations]
     return out + (["--threads", str(args.threads)] if args.threads else [])
 
 

@@ -9,17 +9,19 @@ Where they apply (all on CPU, inference only, a few rows of x):
 
 * float32/bfloat16 `nn.Linear`: after `enable(model)` (or `load_model(..., kernels=True)`), which
   swaps each bias-free float `nn.Linear` for a `KernelLinear` sharing the same weight tensor;
-* the packed layers of `workbench.quant` (int8, int4, Q8_0/Q4_0/Q4_1) use them on their own;
+* the packed layers of `workbench.quant` (int8, int4, Q8_0/Q4_0/Q4_1) use them on their own, for
+  any number of rows where they run on weight tiles (below);
 * the rest of a decode step, after `enable(model)`: RMSNorm, rotary embeddings and attention of one
   new token per sequence over its KV cache (float32 or bfloat16; attention on the AVX-512 backend).
   PyTorch spends more time per call on these small operations than on their arithmetic.
 
-One exception to float activations, like llama.cpp's 4-bit dot products: 4-bit layers (int4, and
-GGUF Q4_0 / Q4_1 blocks) round the activation row to int8 per block of 32 inputs (scale max|x| / 127)
-and multiply on integer dot products (AVX-512 VNNI), which is what lets 4-bit weights decode faster
-than 8-bit ones. It is on
-where the CPU has VNNI; `set_int4_activations("float")` or `WORKBENCH_INT4_ACTIVATIONS=float` keeps
-them float32 (exact weight-only), "int8" forces the rounding everywhere (a portable loop without VNNI).
+One exception to float activations, like llama.cpp's quantized dot products: quantized layers (int8,
+int4, GGUF Q8_0 / Q4_0 / Q4_1 blocks) round the activation row to int8 per block of 32 inputs (scale
+max|x| / 127) and multiply on integer dot products (AVX-512 VNNI, on weight tiles: `weight_tiles`),
+which reads each weight once and multiplies 64 of them per instruction. It is on where the CPU has
+VNNI; `set_quantized_activations("float")` or `WORKBENCH_QUANTIZED_ACTIVATIONS=float` keeps them
+float32 (exact weight-only), "int8" forces the rounding where a kernel can (4-bit layers: a portable
+loop without VNNI; 8-bit layers only round on tiles).
 
 A whole decode step's layers can also run in one native call (`stack.py`, `csrc/stack.h`): the same
 maths and kernels, without PyTorch dispatching a dozen small operations per layer from Python, which
@@ -28,13 +30,16 @@ otherwise costs a large share of a step at batch 1. `enable` sets it as the mode
 Where a kernel and PyTorch's operator both apply to a float layer or decode operation, which of the
 two runs is measured per shape, dtype and batch size at first use (`choice.py`): our kernels win at
 one or two rows and can lose to PyTorch's GEMM at eight, and the crossing depends on the machine.
+Float32 prompts (more than 16 rows) are measured the same way against our own GEMM
+(`csrc/gemm_f32.h`, AVX-512), which can beat PyTorch's where its BLAS does not use AVX-512.
 
 Anything else (more rows, autograd, another device or dtype, kernels unavailable or switched off
 with `set_enabled(False)` / `WORKBENCH_KERNELS=0`) takes the PyTorch path, which computes the same
 product. The first use compiles the extension (see `build.py`); without a compiler you get one
 warning and the PyTorch path, never an error.
 
-The switches (`set_enabled`, `disabled()`, `set_int4_activations`) are process-wide: every model and thread sees them.
+The switches (`set_enabled`, `disabled()`, `set_quantized_activations`) are process-wide: every model
+and thread sees them.
 """
 
 from __future__ import annotations
@@ -55,11 +60,12 @@ from .memory import move_weights_to_huge_pages
 MAX_ROWS = 16  # rows of x up to which float layers may use the kernel (whether they do is measured: choice.py)
 MAX_ROWS_QUANTIZED = 16  # packed weights: the kernel reads them once per 4 rows, still far ahead of dequantizing
 GGUF_TYPES = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2}
+ACTIVATION_BLOCK = 32  # inputs per int8 scale where activations are rounded to int8
 _DENSE_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
 
 _enabled = True
-INT4_ACTIVATIONS = ("int8", "float")
-_int4_activations: str | None = None  # None: not chosen yet (the environment, else int8 where the CPU has VNNI)
+QUANTIZED_ACTIVATIONS = ("int8", "float")
+_quantized_activations: str | None = None  # None: not chosen yet (the environment, else int8 where the CPU has VNNI)
 
 
 def set_enabled(flag: bool):
@@ -79,39 +85,40 @@ def disabled():
         _enabled = before
 
 
-def set_int4_activations(mode: str | None):
-    """How 4-bit layers (int4, GGUF Q4_0 and Q4_1) treat activations on the kernel path: "int8" (rounded per block of 32, integer
-    dot products; with AVX-512 VNNI at every number of rows, prompts included, see `weight_tiles`), "float" (exact
-    weight-only), or None (the default: int8 where the CPU has VNNI)."""
-    global _int4_activations
-    if mode is not None and mode not in INT4_ACTIVATIONS:
-        raise InvalidParameterError(f"int4 activations must be one of {INT4_ACTIVATIONS} or None, got {mode!r}")
-    _int4_activations = mode
+def set_quantized_activations(mode: str | None):
+    """How quantized layers (int8, int4, GGUF Q8_0 / Q4_0 / Q4_1) treat activations on the kernel path:
+    "int8" (rounded per block of 32, integer dot products; with AVX-512 VNNI at every number of rows,
+    prompts included, see `weight_tiles`), "float" (exact weight-only), or None (the default: int8 where
+    the CPU has VNNI)."""
+    global _quantized_activations
+    if mode is not None and mode not in QUANTIZED_ACTIVATIONS:
+        raise InvalidParameterError(f"quantized activations must be one of {QUANTIZED_ACTIVATIONS} or None, got {mode!r}")
+    _quantized_activations = mode
 
 
 @contextmanager
-def using_int4_activations(mode: str | None):
-    """`with kernels.using_int4_activations("float"):` runs int4 layers in `mode`, then restores the previous one."""
-    global _int4_activations
-    before = _int4_activations
-    set_int4_activations(mode)
+def using_quantized_activations(mode: str | None):
+    """`with kernels.using_quantized_activations("float"):` runs quantized layers in `mode`, then restores the previous one."""
+    global _quantized_activations
+    before = _quantized_activations
+    set_quantized_activations(mode)
     try:
         yield
     finally:
-        _int4_activations = before
+        _quantized_activations = before
 
 
-def int4_activations() -> str:
-    """The mode 4-bit layers use now: "int8" or "float" (see `set_int4_activations`)."""
-    global _int4_activations
-    if _int4_activations is None:  # resolved once: this runs for every int4 layer of every decode step
-        mode = os.environ.get("WORKBENCH_INT4_ACTIVATIONS", "").lower()
-        if mode and mode not in INT4_ACTIVATIONS:
+def quantized_activations() -> str:
+    """The mode quantized layers use now: "int8" or "float" (see `set_quantized_activations`)."""
+    global _quantized_activations
+    if _quantized_activations is None:  # resolved once: this runs for every quantized layer of every decode step
+        mode = os.environ.get("WORKBENCH_QUANTIZED_ACTIVATIONS", "").lower()
+        if mode and mode not in QUANTIZED_ACTIVATIONS:
             raise InvalidParameterError(
-                f"WORKBENCH_INT4_ACTIVATIONS must be one of {INT4_ACTIVATIONS}, got {mode!r}")
+                f"WORKBENCH_QUANTIZED_ACTIVATIONS must be one of {QUANTIZED_ACTIVATIONS}, got {mode!r}")
         ops = build.load() if not mode else None
-        _int4_activations = mode or ("int8" if ops is not None and ops.has_vnni() else "float")
-    return _int4_activations
+        _quantized_activations = mode or ("int8" if ops is not None and ops.has_vnni() else "float")
+    return _quantized_activations
 
 
 def available() -> bool:
@@ -127,7 +134,7 @@ def stream_read(buffer: torch.Tensor) -> float | None:
 
 
 def status() -> dict:
-    return {"enabled": _enabled, **build.status(), "int4_activations": int4_activations()}
+    return {"enabled": _enabled, **build.status(), "quantized_activations": quantized_activations()}
 
 
 def in_use(model: nn.Module) -> str | None:
@@ -156,44 +163,57 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | No
     return ops.dense(x, weight, scale)
 
 
+def gemm_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """x @ weight.T for a float32 weight and any number of rows of x (a prompt) through our GEMM
+    (`csrc/gemm_f32.h`, AVX-512), or None when it does not apply."""
+    ops = _ops(x, weight, x.numel() // max(x.shape[-1], 1))
+    if ops is None or weight.dtype != torch.float32 or not weight.is_contiguous() or not ops.gemm_fits():
+        return None
+    return ops.gemm(x, weight)
+
+
 def int4_kernel(ops, group_size: int, padded_in_features: int) -> str:
     """The extension's int4 product for this layout: "int4_q8" where 4-bit layers round activations to
     int8 and the integer kernel covers the layout, else "int4" (float activations)."""
-    rounds = int4_activations() == "int8" and ops.int4_q8_fits(group_size, padded_in_features)
+    rounds = quantized_activations() == "int8" and ops.int4_q8_fits(group_size, padded_in_features)
     return "int4_q8" if rounds else "int4"
 
 
 def gguf_kernel(ops, type_id: int, in_features: int) -> str:
     """The extension's GGUF product: "gguf_q8" for Q4_0 / Q4_1 where 4-bit layers round activations to
     int8 (as int4 layers do), else "gguf"."""
-    return "gguf_q8" if int4_activations() == "int8" and ops.gguf_q8_fits(type_id, in_features) else "gguf"
+    return "gguf_q8" if quantized_activations() == "int8" and ops.gguf_q8_fits(type_id, in_features) else "gguf"
 
 
 def weight_tiles(layer) -> torch.Tensor | None:
-    """A 4-bit layer's weights regrouped 16 rows per tile (`csrc/gguf_q8.h`) for the int8-activation
-    product `tiles_q8`, or None where it does not run (float activations, no AVX-512 VNNI, Q8_0, an
-    int4 layout it does not cover). Built at first use and kept on the layer (as many bytes again as
-    its weights, plus float32 scales for int4); rebuilt when a weight tensor is replaced or written in
-    place."""
-    ops = build.load() if _enabled and int4_activations() == "int8" else None
-    if ops is None or not ops.tiles_fit():
+    """A quantized layer's weights regrouped 16 rows per tile (`csrc/gguf_q8.h`) for the int8-activation
+    product `tiles_q8`: int8, int4 and GGUF Q8_0 / Q4_0 / Q4_1 layers, from what their `kernel_spec()`
+    names. None where it does not run (float activations, no AVX-512 VNNI, a layout it does not cover).
+    Built at first use and kept on the layer (as many bytes again as its weights, plus a float32
+    scale per row and block of 32); rebuilt when a weight tensor is replaced or written in place."""
+    ops = build.load() if _enabled and quantized_activations() == "int8" else None
+    spec = layer.kernel_spec() if ops is not None and ops.tiles_fit() and hasattr(layer, "kernel_spec") else None
+    if spec is None:
         return None
-    if hasattr(layer, "raw"):  # GGUFBlockLinear
-        tensors = (layer.raw,)
-        if layer.type_name not in GGUF_TYPES or not ops.gguf_q8_fits(GGUF_TYPES[layer.type_name], layer.in_features):
-            return None
-        make = lambda: ops.gguf_tiles(layer.raw, GGUF_TYPES[layer.type_name], layer.in_features)
-    else:  # Int4WeightOnlyLinear
-        tensors = (layer.packed, layer.scale, layer.zero_point)
-        if not ops.int4_tiles_fit(layer.group_size, layer.in_features, layer.packed.shape[-1] * 2):
-            return None
-        make = lambda: ops.int4_tiles(layer.packed, layer.scale, layer.zero_point, layer.group_size, layer.in_features)
+    kind, *tensors = spec
+    if kind == "gguf" and tensors[1] in GGUF_TYPES:
+        raw, type_name, in_features = tensors
+        tensors, make = [raw], lambda: ops.gguf_tiles(raw, GGUF_TYPES[type_name], in_features)
+    elif kind == "int4" and ops.int4_tiles_fit(tensors[3], tensors[4], tensors[0].shape[-1] * 2):
+        packed, scale, zero, group, in_features = tensors
+        tensors, make = [packed, scale, zero], lambda: ops.int4_tiles(packed, scale, zero, group, in_features)
+    elif kind == "dense" and tensors[0].dtype == torch.int8 and tensors[0].shape[-1] % ACTIVATION_BLOCK == 0:
+        qweight, scale = tensors
+        make = lambda: ops.int8_tiles(qweight, scale)
+    else:
+        return None
     if not all(t.is_cpu and t.is_contiguous() for t in tensors):
         return None
     versions = tuple(_version(t) for t in tensors)
     cached = layer.__dict__.get("_kernel_tiles")  # (tensors, their versions, tiles)
-    if cached is None or any(a is not b for a, b in zip(cached[0], tensors)) or cached[1] != versions:
-        cached = layer.__dict__["_kernel_tiles"] = (tensors, versions, make())
+    if cached is None or len(cached[0]) != len(tensors) or any(a is not b for a, b in zip(cached[0], tensors)) \
+            or cached[1] != versions:
+        cached = layer.__dict__["_kernel_tiles"] = (tuple(tensors), versions, make())
     return cached[2]
 
 
@@ -208,6 +228,12 @@ def _tiles_linear(x: torch.Tensor, layer) -> torch.Tensor | None:
     if _ops(x, None, x.numel() // max(x.shape[-1], 1)) is None or (tiles := weight_tiles(layer)) is None:
         return None
     return build.load().tiles_q8(x, tiles, x.shape[-1], layer.out_features)
+
+
+def int8_linear(x: torch.Tensor, layer) -> torch.Tensor | None:
+    """`Int8WeightOnlyLinear`'s product through the kernel (tiles, else float activations), or None."""
+    y = _tiles_linear(x, layer)
+    return dense_linear(x, layer.qweight, layer.scale, max_rows=MAX_ROWS_QUANTIZED) if y is None else y
 
 
 def int4_linear(x: torch.Tensor, layer) -> torch.Tensor | None:
@@ -330,7 +356,8 @@ class KernelRMSNorm(RMSNorm):
 
 
 class KernelLinear(nn.Linear):
-    """A bias-free float32/bfloat16 `nn.Linear` whose small-batch products run on our kernel.
+    """A bias-free float32/bfloat16 `nn.Linear` whose small-batch products run on our kernel, and
+    whose float32 prompts run on our GEMM, each where measured faster than PyTorch's (`choice.py`).
 
     Same parameter (shared, not copied: tied weights stay tied), same state-dict names; a subclass
     of `nn.Linear`, so `quantize_` and calibration hooks treat it like any linear layer.
@@ -353,10 +380,9 @@ class KernelLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if rows > MAX_ROWS:
-            return F.linear(x, self.weight)
+        kernel = dense_linear if rows <= MAX_ROWS else gemm_linear  # more rows (prompts): a GEMM
         key = ("linear", self.weight.dtype, self.out_features, self.in_features, bucket(rows))
-        return run_faster(key, lambda: dense_linear(x, self.weight), lambda: F.linear(x, self.weight))
+        return run_faster(key, lambda: kernel(x, self.weight), lambda: F.linear(x, self.weight))
 
 
 def enable(model: nn.Module) -> nn.Module:

@@ -51,7 +51,7 @@ class _Plan:
 
 
 def _settings() -> tuple:
-    return (kernels.int4_activations(),)
+    return (kernels.quantized_activations(),)
 
 
 def _product(module: nn.Module, checks: list, versions: list):
@@ -63,15 +63,14 @@ def _product(module: nn.Module, checks: list, versions: list):
     kind, *tensors = spec
     for box in (module._parameters, module._buffers):
         checks.extend((box, name, t) for name, t in box.items() if t is not None)
+    tiles = kernels.weight_tiles(module)
+    if tiles is not None:  # a copy: the plan also checks its weights' write counts
+        versions.extend((t, t._version) for t in tensors if isinstance(t, torch.Tensor) and not t.is_inference())
+        return ("tiles_q8", tiles, module.in_features, module.out_features)
     if kind == "dense":
         weight = tensors[0]
         ok = weight.is_contiguous() and weight.dtype in (torch.float32, torch.bfloat16, torch.int8)
         return ("dense", weight, tensors[1]) if ok else None
-    tiles = kernels.weight_tiles(module) if kind in ("int4", "gguf") else None
-    if tiles is not None:
-        weights = tensors[:3] if kind == "int4" else tensors[:1]  # packed, scale, zero point | raw blocks
-        versions.extend((t, t._version) for t in weights if not t.is_inference())
-        return ("tiles_q8", tiles, module.in_features, module.out_features)
     if kind == "int4":
         packed, scale, zero, group, in_features = tensors
         return (kernels.int4_kernel(build.load(), group, packed.shape[-1] * 2), packed, scale, zero, group,

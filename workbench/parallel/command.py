@@ -72,7 +72,7 @@ def _part(args, comm, scheme):
     from .. import kernels
 
     kernels.set_enabled(args.kernels == "on")
-    kernels.set_int4_activations(None if args.int4_activations == "auto" else args.int4_activations)
+    kernels.set_quantized_activations(None if args.quantized_activations == "auto" else args.quantized_activations)
     model, tokenizer = load_for_rank(args.model, dtype=args.dtype, device=str(comm.device))  # cuda:LOCAL_RANK
     if args.prune:
         from ..prune import prune_

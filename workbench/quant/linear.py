@@ -4,8 +4,8 @@ Every class keeps its weight in its integer form (int8, two int4 per byte, or ra
 so model bytes in memory and on disk shrink. `forward` computes through PyTorch ops that exist
 today (dequantize, then `F.linear`; `torch._int_mm` for W8A8). That is the kernel seam: for a few
 rows of x (decoding), the int8, int4 and GGUF-block layers call our C++ kernels (`workbench.kernels`),
-which read the packed weight once and never materialise the float matrix; 4-bit layers with int8
-activations use them for prompts too (`kernels.weight_tiles`).
+which read the packed weight once and never materialise the float matrix; with int8 activations
+(AVX-512 VNNI) they take prompts too, on weight tiles (`kernels.weight_tiles`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,10 @@ class QuantizedLinear(nn.Module):
 
 
 class Int8WeightOnlyLinear(QuantizedLinear):
-    """int8 weights, symmetric, one float32 scale per output channel: w = q * scale."""
+    """int8 weights, symmetric, one float32 scale per output channel: w = q * scale.
+
+    Where the CPU has AVX-512 VNNI the kernel rounds x to int8 per block of 32 inputs and multiplies
+    on weight tiles, for any number of rows (see `workbench.kernels.set_quantized_activations`)."""
 
     format = "int8"
     uses_kernels = True  # forward calls workbench.kernels for a few rows of x
@@ -74,7 +77,7 @@ class Int8WeightOnlyLinear(QuantizedLinear):
         return ("dense", self.qweight, self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # our kernel for a few rows of x, else dequantize
-        y = kernels.dense_linear(x, self.qweight, self.scale, max_rows=kernels.MAX_ROWS_QUANTIZED)
+        y = kernels.int8_linear(x, self)
         return super().forward(x) if y is None else y
 
 
@@ -83,7 +86,7 @@ class Int4WeightOnlyLinear(QuantizedLinear):
     w = (q - zero_point) * scale; byte j of a row holds input 2j (low nibble) and 2j+1 (high).
 
     Where the CPU has AVX-512 VNNI the kernel rounds x to int8 per block of 32 inputs (integer dot
-    products; see `workbench.kernels.set_int4_activations`), on weight tiles for any number of rows,
+    products; see `workbench.kernels.set_quantized_activations`), on weight tiles for any number of rows,
     so a prompt is computed as its decode steps are; elsewhere, and with kernels off, float x
     multiplies the dequantized weight."""
 

@@ -14,8 +14,9 @@ constexpr int64_t BLOCK = 32;
 
 static inline bool fits(int64_t type, int64_t K) { return (type == 1 || type == 2) && K % BLOCK == 0; }
 
-// One row of x (K floats) -> xq (K int8, in order), dx (K / 32 scales), xsum (K / 32: dx * sum(xq)).
-static void quantize_row(const float* x, int64_t K, int8_t* xq, float* dx, float* xsum) {
+// One row of x (K floats) -> xq (K int8, in order), dx (K / 32 scales), xsum (K / 32: dx * sum(xq))
+// and, where isum is not null, the integer sums themselves (8-bit tiles correct by them).
+static void quantize_row(const float* x, int64_t K, int8_t* xq, float* dx, float* xsum, int32_t* isum = nullptr) {
   for (int64_t b = 0; b < K / BLOCK; ++b) {
     const float* xb = x + b * BLOCK;
     float amax = 0.0f;
@@ -29,6 +30,7 @@ static void quantize_row(const float* x, int64_t K, int8_t* xq, float* dx, float
     }
     dx[b] = d;
     xsum[b] = d * (float)sum;
+    if (isum) isum[b] = sum;
   }
 }
 
@@ -73,7 +75,7 @@ static inline void block_terms(int64_t type, const uint8_t* blk, float& d, float
 
 // blocks_q8::quantize_row, vectorised (the same result bit for bit: the same max and product, and the
 // conversion rounds to nearest even like nearbyint, which is a library call per input in scalar code).
-static void quantize_row(const float* x, int64_t K, int8_t* xq, float* dx, float* xsum) {
+static void quantize_row(const float* x, int64_t K, int8_t* xq, float* dx, float* xsum, int32_t* isum = nullptr) {
   const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
   for (int64_t b = 0; b < K / BLOCK; ++b) {
     const __m512 a = _mm512_loadu_ps(x + b * BLOCK), c = _mm512_loadu_ps(x + b * BLOCK + 16);
@@ -84,8 +86,10 @@ static void quantize_row(const float* x, int64_t K, int8_t* xq, float* dx, float
     const __m512i qc = _mm512_min_epi32(hi, _mm512_max_epi32(lo, _mm512_cvtps_epi32(_mm512_mul_ps(c, vinv))));
     _mm_storeu_si128((__m128i*)(xq + b * BLOCK), _mm512_cvtsepi32_epi8(qa));
     _mm_storeu_si128((__m128i*)(xq + b * BLOCK + 16), _mm512_cvtsepi32_epi8(qc));
+    const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qc));
     dx[b] = d;
-    xsum[b] = d * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qc));
+    xsum[b] = d * (float)sum;
+    if (isum) isum[b] = sum;
   }
 }
 
@@ -154,12 +158,17 @@ static void rows(int64_t type, const uint8_t* raw, const int8_t* xq, const float
 // d = the group's scale, c = -scale * zero point), then four chunks of 64 bytes: chunk j, lane n =
 // bytes 4j..4j+3 of the row's block in GGUF order (low nibbles: weights 4j..4j+3, high nibbles:
 // weights 16+4j..16+4j+3). Rows past N are zero.
-constexpr int64_t TILE = 16, TILE_NIBBLES = 256;
-static inline int64_t tile_block_bytes(bool f32) { return (f32 ? 128 : 64) + TILE_NIBBLES; }
+constexpr int64_t TILE = 16, TILE_NIBBLES = 256, TILE_BYTES = 512;
+// The three layouts, by the bytes of one tile-block: 4-bit with float16 d and c, 4-bit with float32
+// d and c, 8-bit (below).
+enum TileKind { NIBBLES_F16 = 0, NIBBLES_F32 = 1, BYTES_F32 = 2 };
+static constexpr int64_t tile_block_bytes(int kind) {
+  return kind == BYTES_F32 ? 64 + TILE_BYTES : (kind == NIBBLES_F32 ? 128 : 64) + TILE_NIBBLES;
+}
 
 static void make_tiles(int64_t type, const uint8_t* raw, int64_t N, int64_t K, uint8_t* out) {
   const int64_t blocks = K / BLOCK, bb = type == 1 ? 18 : 20, head = bb - 16, tiles = (N + TILE - 1) / TILE;
-  const int64_t TILE_BLOCK = tile_block_bytes(false);
+  const int64_t TILE_BLOCK = tile_block_bytes(NIBBLES_F16);
   std::memset(out, 0, tiles * blocks * TILE_BLOCK);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t b = 0; b < blocks; ++b) {
@@ -179,7 +188,7 @@ static void make_tiles(int64_t type, const uint8_t* raw, int64_t N, int64_t K, u
 // tiles of the K real inputs.
 static void make_int4_tiles(const uint8_t* packed, const float* scale, const uint8_t* zero, int64_t N, int64_t K,
                             int64_t Kp, int64_t G, uint8_t* out) {
-  const int64_t blocks = K / BLOCK, tiles = (N + TILE - 1) / TILE, TILE_BLOCK = tile_block_bytes(true);
+  const int64_t blocks = K / BLOCK, tiles = (N + TILE - 1) / TILE, TILE_BLOCK = tile_block_bytes(NIBBLES_F32);
   std::memset(out, 0, tiles * blocks * TILE_BLOCK);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t b = 0; b < blocks; ++b) {
@@ -197,34 +206,72 @@ static void make_int4_tiles(const uint8_t* packed, const float* scale, const uin
     }
 }
 
+// 8-bit tiles: Q8_0 blocks (w = d * q, q int8) or int8 rows with one scale each (w = scale * q).
+// A tile-block holds d[16] as float32 (exact for float16), then eight chunks of 64 bytes: chunk j,
+// lane n = weights 4j..4j+3 of the row's block, stored as q + 128 (vpdpbusd takes unsigned weights;
+// the kernel subtracts 128 * sum(xq) from each integer dot product, which makes it exactly sum(q * xq)).
+static inline void put_tile8_row(uint8_t* tb, int lane, float d, const int8_t* q) {
+  std::memcpy(tb + 4 * lane, &d, 4);
+  for (int i = 0; i < BLOCK; ++i) tb[64 + 64 * (i / 4) + 4 * lane + i % 4] = (uint8_t)(q[i] ^ 0x80);
+}
+
+static void make_q8_0_tiles(const uint8_t* raw, int64_t N, int64_t K, uint8_t* out) {
+  const int64_t blocks = K / BLOCK, tiles = (N + TILE - 1) / TILE, TILE_BLOCK = tile_block_bytes(BYTES_F32);
+  std::memset(out, 0, tiles * blocks * TILE_BLOCK);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* blk = raw + (n * blocks + b) * 34;
+      put_tile8_row(out + ((n / TILE) * blocks + b) * TILE_BLOCK, (int)(n % TILE), _cvtsh_ss(load_u16(blk)),
+                    (const int8_t*)(blk + 2));
+    }
+}
+
+static void make_int8_tiles(const int8_t* q, const float* scale, int64_t N, int64_t K, uint8_t* out) {
+  const int64_t blocks = K / BLOCK, tiles = (N + TILE - 1) / TILE, TILE_BLOCK = tile_block_bytes(BYTES_F32);
+  std::memset(out, 0, tiles * blocks * TILE_BLOCK);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t b = 0; b < blocks; ++b)
+      put_tile8_row(out + ((n / TILE) * blocks + b) * TILE_BLOCK, (int)(n % TILE), scale[n], q + n * K + b * BLOCK);
+}
+
 // Rows m0..m0+M-1 of x against tile t: y[m, 16t..16t+15].
-template <int M, bool F32>
-static inline void tile_m(const uint8_t* tile, const int8_t* xq, const float* dx, const float* xsum, float* y,
-                          int64_t N, int64_t K, int64_t n0) {
-  const int64_t blocks = K / BLOCK, TILE_BLOCK = tile_block_bytes(F32), nib = TILE_BLOCK - TILE_NIBBLES;
+template <int M, int KIND>
+static inline void tile_m(const uint8_t* tile, const int8_t* xq, const float* dx, const float* xsum,
+                          const int32_t* isum, float* y, int64_t N, int64_t K, int64_t n0) {
+  constexpr bool F32 = KIND != NIBBLES_F16, BYTES = KIND == BYTES_F32;
+  constexpr int64_t TILE_BLOCK = tile_block_bytes(KIND);
+  constexpr int64_t head = BYTES ? 64 : TILE_BLOCK - TILE_NIBBLES;
+  const int64_t blocks = K / BLOCK;
   const __m512i low4 = _mm512_set1_epi8(15);
   __m512 acc[M];
   for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* tb = tile + b * TILE_BLOCK;
     const __m512 d = F32 ? _mm512_loadu_ps(tb) : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)tb));
-    const __m512 c = F32 ? _mm512_loadu_ps(tb + 64) : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(tb + 32)));
-    __m512i w[8];
-    for (int j = 0; j < 4; ++j) {
-      const __m512i v = _mm512_loadu_si512(tb + nib + 64 * j);
-      w[j] = _mm512_and_si512(v, low4);
-      w[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+    __m512 c = _mm512_setzero_ps();
+    __m512i w[8];  // w[j]: weights 4j..4j+3 of each row
+    if (BYTES) {
+      for (int j = 0; j < 8; ++j) w[j] = _mm512_loadu_si512(tb + head + 64 * j);
+    } else {
+      c = F32 ? _mm512_loadu_ps(tb + 64) : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(tb + 32)));
+      for (int j = 0; j < 4; ++j) {
+        const __m512i v = _mm512_loadu_si512(tb + head + 64 * j);
+        w[j] = _mm512_and_si512(v, low4);
+        w[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+      }
     }
     for (int m = 0; m < M; ++m) {
       const int8_t* xb = xq + m * K + b * BLOCK;
-      __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();  // two chains: half the latency
+      // two chains: half the latency; 8-bit weights start from -128 * sum(xq), their offset
+      __m512i s0 = BYTES ? _mm512_set1_epi32(-128 * isum[m * blocks + b]) : _mm512_setzero_si512();
+      __m512i s1 = _mm512_setzero_si512();
       for (int j = 0; j < 4; ++j) {
         s0 = _mm512_dpbusd_epi32(s0, w[j], _mm512_set1_epi32(load_i32(xb + 4 * j)));
         s1 = _mm512_dpbusd_epi32(s1, w[4 + j], _mm512_set1_epi32(load_i32(xb + 16 + 4 * j)));
       }
       const __m512 s = _mm512_mul_ps(d, _mm512_set1_ps(dx[m * blocks + b]));
       acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), s, acc[m]);
-      acc[m] = _mm512_fmadd_ps(c, _mm512_set1_ps(xsum[m * blocks + b]), acc[m]);
+      if (!BYTES) acc[m] = _mm512_fmadd_ps(c, _mm512_set1_ps(xsum[m * blocks + b]), acc[m]);
     }
   }
   const __mmask16 keep = N - n0 >= TILE ? (__mmask16)0xFFFF : (__mmask16)((1u << (N - n0)) - 1);
@@ -232,10 +279,10 @@ static inline void tile_m(const uint8_t* tile, const int8_t* xq, const float* dx
 }
 
 // Tiles [t0, t1) against all `rows` rows of x, 4 rows at a time (the tile's weights stay in L1).
-template <bool F32>
-static void tiles_rows(const uint8_t* tiles, const int8_t* xq, const float* dx, const float* xsum, float* y,
-                       int64_t rows, int64_t N, int64_t K, int64_t t0, int64_t t1) {
-  const int64_t blocks = K / BLOCK, tile_bytes = blocks * tile_block_bytes(F32);
+template <int KIND>
+static void tiles_rows(const uint8_t* tiles, const int8_t* xq, const float* dx, const float* xsum,
+                       const int32_t* isum, float* y, int64_t rows, int64_t N, int64_t K, int64_t t0, int64_t t1) {
+  const int64_t blocks = K / BLOCK, tile_bytes = blocks * tile_block_bytes(KIND);
   for (int64_t t = t0; t < t1; ++t) {
     const uint8_t* tile = tiles + t * tile_bytes;
     if (t + 2 < t1) {  // the tile after next: weights are read once, straight from memory
@@ -244,7 +291,7 @@ static void tiles_rows(const uint8_t* tiles, const int8_t* xq, const float* dx, 
     for (int64_t m0 = 0; m0 < rows; m0 += 4) {
       const int64_t at = m0 * blocks;
       WB_SWITCH_M((int)std::min<int64_t>(4, rows - m0),
-                  (tile_m<M, F32>(tile, xq + m0 * K, dx + at, xsum + at, y + m0 * N, N, K, t * TILE)));
+                  (tile_m<M, KIND>(tile, xq + m0 * K, dx + at, xsum + at, isum + at, y + m0 * N, N, K, t * TILE)));
     }
   }
 }

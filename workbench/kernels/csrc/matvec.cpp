@@ -36,6 +36,7 @@ using V = VecAVX512;
 #include "int4_q8.h"
 #include "gguf_q8.h"
 #include "attention.h"
+#include "gemm_f32.h"
 
 enum Backend { SCALAR = 0, AVX2 = 1, AVX512 = 2 };
 static const char* BACKEND_NAMES[] = {"scalar", "avx2", "avx512"};
@@ -74,6 +75,15 @@ static int g_backend = best_backend();
 static const bool has_vnni_cached = has_vnni();
 
 static std::string get_backend() { return BACKEND_NAMES[g_backend]; }
+
+// Whether weight tiles and the VNNI paths of the int8-activation kernels run here.
+static bool tiles_fit() {
+#ifdef WB_X86
+  return g_backend == AVX512 && has_vnni_cached;
+#else
+  return false;
+#endif
+}
 
 static void set_backend(const std::string& name) {
   const auto ok = supported_backends();
@@ -181,6 +191,31 @@ static at::Tensor dense(const at::Tensor& x_, const at::Tensor& w, const c10::op
   return finish(y, x_);
 }
 
+// y = x @ w.T for float32 w and any number of rows of x (gemm_f32.h; AVX-512): for prompts, where
+// the matrix-vector kernels would read the weight once per 4 rows. Threads take ranges of panels.
+static bool gemm_fits() { return g_backend == AVX512; }
+
+static at::Tensor gemm(const at::Tensor& x_, const at::Tensor& w) {
+  TORCH_CHECK(gemm_fits(), "the float32 GEMM needs the AVX-512 backend");
+  TORCH_CHECK(w.scalar_type() == at::kFloat && w.dim() == 2 && w.is_contiguous(),
+              "the float32 GEMM needs a contiguous float32 (out, in) weight");
+  const int64_t N = w.size(0), K = w.size(1);
+  check_x(x_, K);
+  const at::Tensor x = as_float(x_);
+  const int64_t rows = x.numel() / K;
+  at::Tensor y = new_output(x_, N);
+#ifdef WB_X86
+  const int64_t panels = (N + gemm_f32::PANEL - 1) / gemm_f32::PANEL;
+  parallel_rows(panels, gemm_f32::PANEL * K * 4 * std::max<int64_t>(1, rows / 4), [&](int64_t p0, int64_t p1) {
+    at::Tensor packed = at::empty({(p1 - p0) * gemm_f32::PANEL * K + 16}, x.options());
+    float* P = packed.data_ptr<float>();
+    P += (64 - ((uintptr_t)P & 63)) % 64 / sizeof(float);  // 64-byte aligned, for whole-register loads
+    gemm_f32::panels(w.data_ptr<float>(), x.data_ptr<float>(), y.data_ptr<float>(), rows, N, K, p0, p1, P);
+  }, 1);
+#endif
+  return finish(y, x_);
+}
+
 // Int4WeightOnlyLinear's tensors: packed (N, Kp/2) uint8, scale (N, Kp/G) float32, zero (N, Kp/G)
 // uint8. Returns Kp, the inputs per packed row (K padded to whole groups).
 static int64_t check_int4(const at::Tensor& packed, const at::Tensor& scale, const at::Tensor& zero, int64_t G,
@@ -255,7 +290,7 @@ static at::Tensor int4_q8(const at::Tensor& x_, const at::Tensor& packed, const 
   float* lane_scale = scratch.data_ptr<float>();
   float* xsum = lane_scale + rows * (Kp / q8::LANE);
   int8_t* xq = (int8_t*)(xsum + rows * groups);
-  const bool vnni = g_backend == AVX512 && has_vnni_cached;
+  const bool vnni = tiles_fit();
   for (int64_t m = 0; m < rows; ++m) {
     const float* xm = x.data_ptr<float>() + m * K;
     float* lm = lane_scale + m * (Kp / q8::LANE);
@@ -324,45 +359,65 @@ static void check_gguf_q8(const at::Tensor& raw, int64_t type, int64_t K) {
               " blocks per row");
 }
 
-// x rounded to int8 per block of 32, as the gguf_q8 kernels take it: dx, xsum, then the int8 rows
-// (pointers into `scratch`, which owns them).
+// x rounded to int8 per block of 32, as the gguf_q8 kernels take it: dx, xsum, the integer sums,
+// then the int8 rows (pointers into `scratch`, which owns them).
 struct RowsQ8 {
   at::Tensor scratch;
   float *dx, *xsum;
+  int32_t* isum;
   int8_t* xq;
   RowsQ8(const at::Tensor& x, int64_t rows, int64_t K, bool vnni) {
     const int64_t blocks = K / 32;
-    scratch = at::empty({rows * (2 * blocks + K / 4)}, x.options());
-    dx = scratch.data_ptr<float>(), xsum = dx + rows * blocks, xq = (int8_t*)(xsum + rows * blocks);
+    scratch = at::empty({rows * (3 * blocks + K / 4)}, x.options());
+    dx = scratch.data_ptr<float>(), xsum = dx + rows * blocks, isum = (int32_t*)(xsum + rows * blocks);
+    xq = (int8_t*)(isum + rows * blocks);
     for (int64_t m = 0; m < rows; ++m) {
       const float* xm = x.data_ptr<float>() + m * K;
+      const int64_t at = m * blocks;
 #ifdef WB_X86
       if (vnni) {
-        blocks_q8_vnni::quantize_row(xm, K, xq + m * K, dx + m * blocks, xsum + m * blocks);
+        blocks_q8_vnni::quantize_row(xm, K, xq + m * K, dx + at, xsum + at, isum + at);
         continue;
       }
 #endif
-      blocks_q8::quantize_row(xm, K, xq + m * K, dx + m * blocks, xsum + m * blocks);
+      blocks_q8::quantize_row(xm, K, xq + m * K, dx + at, xsum + at, isum + at);
     }
   }
 };
 
-static bool tiles_fit() {
-#ifdef WB_X86
-  return g_backend == AVX512 && has_vnni_cached;
-#else
-  return false;
-#endif
-}
-
-// GGUFBlockLinear's Q4_0 / Q4_1 blocks regrouped into tiles of 16 rows (gguf_q8.h), for tiles_q8.
+// GGUFBlockLinear's Q8_0 / Q4_0 / Q4_1 blocks regrouped into tiles of 16 rows (gguf_q8.h), for tiles_q8.
 static at::Tensor gguf_tiles(const at::Tensor& raw, int64_t type, int64_t K) {
-  check_gguf_q8(raw, type, K);
+  if (type == 0) {
+    TORCH_CHECK(K % 32 == 0 && raw.scalar_type() == at::kByte && raw.dim() == 2 && raw.is_contiguous() &&
+                raw.size(1) == K / 32 * 34, "Q8_0 blocks must be a contiguous uint8 matrix of ", K / 32,
+                " blocks per row");
+  } else {
+    check_gguf_q8(raw, type, K);
+  }
   TORCH_CHECK(tiles_fit(), "weight tiles need the AVX-512 backend on a CPU with VNNI");
   const int64_t N = raw.size(0);
-  at::Tensor out = at::empty({(N + 15) / 16, K / 32 * blocks_q8_vnni::tile_block_bytes(false)}, raw.options());
+  at::Tensor out = at::empty({(N + 15) / 16, K / 32 * blocks_q8_vnni::tile_block_bytes(
+                                                 type == 0 ? blocks_q8_vnni::BYTES_F32 : blocks_q8_vnni::NIBBLES_F16)},
+                             raw.options());
 #ifdef WB_X86
-  blocks_q8_vnni::make_tiles(type, raw.data_ptr<uint8_t>(), N, K, out.data_ptr<uint8_t>());
+  if (type == 0) blocks_q8_vnni::make_q8_0_tiles(raw.data_ptr<uint8_t>(), N, K, out.data_ptr<uint8_t>());
+  else blocks_q8_vnni::make_tiles(type, raw.data_ptr<uint8_t>(), N, K, out.data_ptr<uint8_t>());
+#endif
+  return out;
+}
+
+// Int8WeightOnlyLinear's weights (int8 rows, one float32 scale each) as 8-bit tiles, for tiles_q8.
+static at::Tensor int8_tiles(const at::Tensor& q, const at::Tensor& scale_) {
+  const at::Tensor scale = scale_.to(at::kFloat).contiguous();
+  TORCH_CHECK(q.scalar_type() == at::kChar && q.dim() == 2 && q.is_contiguous() && q.size(1) % 32 == 0,
+              "int8 tiles need a contiguous int8 matrix of rows of whole blocks of 32, got ", q.sizes());
+  TORCH_CHECK(scale.numel() == q.size(0), "int8 tiles need one scale per row");
+  TORCH_CHECK(tiles_fit(), "weight tiles need the AVX-512 backend on a CPU with VNNI");
+  const int64_t N = q.size(0), K = q.size(1);
+  at::Tensor out = at::empty({(N + 15) / 16, K / 32 * blocks_q8_vnni::tile_block_bytes(blocks_q8_vnni::BYTES_F32)},
+                             q.options().dtype(at::kByte));
+#ifdef WB_X86
+  blocks_q8_vnni::make_int8_tiles(q.data_ptr<int8_t>(), scale.data_ptr<float>(), N, K, out.data_ptr<uint8_t>());
 #endif
   return out;
 }
@@ -378,7 +433,8 @@ static at::Tensor int4_tiles(const at::Tensor& packed, const at::Tensor& scale_,
   TORCH_CHECK(int4_tiles_fit(G, K, Kp), "int4 tiles need a group size and ", K, " inputs that are multiples of 32, "
               "got group size ", G);
   TORCH_CHECK(tiles_fit(), "weight tiles need the AVX-512 backend on a CPU with VNNI");
-  at::Tensor out = at::empty({(N + 15) / 16, K / 32 * blocks_q8_vnni::tile_block_bytes(true)}, packed.options());
+  at::Tensor out = at::empty({(N + 15) / 16, K / 32 * blocks_q8_vnni::tile_block_bytes(blocks_q8_vnni::NIBBLES_F32)},
+                             packed.options());
 #ifdef WB_X86
   blocks_q8_vnni::make_int4_tiles(packed.data_ptr<uint8_t>(), scale.data_ptr<float>(), zero.data_ptr<uint8_t>(), N,
                                   K, Kp, G, out.data_ptr<uint8_t>());
@@ -386,18 +442,20 @@ static at::Tensor int4_tiles(const at::Tensor& packed, const at::Tensor& scale_,
   return out;
 }
 
-// The product of x, rounded to int8 per block of 32, with an N-row weight's tiles (gguf_tiles or
-// int4_tiles), for any number of rows of x: a prompt's rows are rounded as a decode step's are.
+// The product of x, rounded to int8 per block of 32, with an N-row weight's tiles (gguf_tiles,
+// int4_tiles or int8_tiles: their row length says which), for any number of rows of x: a prompt's
+// rows are rounded as a decode step's are.
 static at::Tensor tiles_q8(const at::Tensor& x_, const at::Tensor& tiles, int64_t K, int64_t N) {
   TORCH_CHECK(tiles_fit(), "weight tiles need the AVX-512 backend on a CPU with VNNI");
   const int64_t blocks = K / 32;
   TORCH_CHECK(K % 32 == 0 && tiles.scalar_type() == at::kByte && tiles.dim() == 2 && tiles.is_contiguous() &&
               tiles.size(0) == (N + 15) / 16, "weight tiles of ", tiles.sizes(), " do not hold ", N, " rows");
+  int kind = -1;
 #ifdef WB_X86
-  const bool f32 = tiles.size(1) == blocks * blocks_q8_vnni::tile_block_bytes(true);
-  TORCH_CHECK(f32 || tiles.size(1) == blocks * blocks_q8_vnni::tile_block_bytes(false), "weight tiles of ",
-              tiles.sizes(), " do not hold rows of ", K, " weights");
+  for (int k : {blocks_q8_vnni::NIBBLES_F16, blocks_q8_vnni::NIBBLES_F32, blocks_q8_vnni::BYTES_F32})
+    if (tiles.size(1) == blocks * blocks_q8_vnni::tile_block_bytes(k)) kind = k;
 #endif
+  TORCH_CHECK(kind >= 0, "weight tiles of ", tiles.sizes(), " do not hold rows of ", K, " weights");
   check_x(x_, K);
   const at::Tensor x = as_float(x_);
   const int64_t rows = x.numel() / K;
@@ -410,8 +468,18 @@ static at::Tensor tiles_q8(const at::Tensor& x_, const at::Tensor& tiles, int64_
     parallel_rows(tiles.size(0), tiles.size(1) * std::max<int64_t>(1, M / 4), [&](int64_t t0, int64_t t1) {
       const uint8_t* tp = tiles.data_ptr<uint8_t>();
       float* yp = y.data_ptr<float>() + m0 * N;
-      if (f32) return blocks_q8_vnni::tiles_rows<true>(tp, q.xq + m0 * K, q.dx + at, q.xsum + at, yp, M, N, K, t0, t1);
-      blocks_q8_vnni::tiles_rows<false>(tp, q.xq + m0 * K, q.dx + at, q.xsum + at, yp, M, N, K, t0, t1);
+      const int8_t* xq = q.xq + m0 * K;
+      switch (kind) {
+        case blocks_q8_vnni::NIBBLES_F16:
+          return blocks_q8_vnni::tiles_rows<blocks_q8_vnni::NIBBLES_F16>(tp, xq, q.dx + at, q.xsum + at, q.isum + at,
+                                                                          yp, M, N, K, t0, t1);
+        case blocks_q8_vnni::NIBBLES_F32:
+          return blocks_q8_vnni::tiles_rows<blocks_q8_vnni::NIBBLES_F32>(tp, xq, q.dx + at, q.xsum + at, q.isum + at,
+                                                                          yp, M, N, K, t0, t1);
+        default:
+          return blocks_q8_vnni::tiles_rows<blocks_q8_vnni::BYTES_F32>(tp, xq, q.dx + at, q.xsum + at, q.isum + at,
+                                                                        yp, M, N, K, t0, t1);
+      }
     }, 1);
   }
 #endif
@@ -425,7 +493,7 @@ static at::Tensor gguf_q8(const at::Tensor& x_, const at::Tensor& raw, int64_t t
   check_x(x_, K);
   const at::Tensor x = as_float(x_);
   const int64_t rows = x.numel() / K, N = raw.size(0), blocks = K / 32;
-  const bool vnni = g_backend == AVX512 && has_vnni_cached;
+  const bool vnni = tiles_fit();
   const RowsQ8 q(x, rows, K, vnni);
   const float *dx = q.dx, *xsum = q.xsum;
   const int8_t* xq = q.xq;
@@ -650,6 +718,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "workbench decode matrix-vector kernels (float32, bfloat16, int8, int4, GGUF blocks)";
   m.def("dense", &dense, "y = x @ w.T for float32/bfloat16 w, or int8 w times a per-row scale",
         py::arg("x"), py::arg("w"), py::arg("scale") = py::none());
+  m.def("gemm", &gemm, "y = x @ w.T for float32 w and many rows of x (prompts)", py::arg("x"), py::arg("w"));
+  m.def("gemm_fits", &gemm_fits, "whether gemm runs here (the AVX-512 backend)");
   m.def("int4", &int4, "Int4WeightOnlyLinear's product", py::arg("x"), py::arg("packed"), py::arg("scale"),
         py::arg("zero"), py::arg("group_size"), py::arg("in_features"));
   m.def("int4_q8", &int4_q8, "Int4WeightOnlyLinear's product with x rounded to int8 per block of 32",
@@ -662,8 +732,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("in_features"));
   m.def("gguf_q8", &gguf_q8, "GGUFBlockLinear's Q4_0/Q4_1 product with x rounded to int8 per block of 32",
         py::arg("x"), py::arg("raw"), py::arg("type"), py::arg("in_features"));
-  m.def("gguf_tiles", &gguf_tiles, "Q4_0/Q4_1 blocks regrouped 16 rows per tile for tiles_q8", py::arg("raw"),
+  m.def("gguf_tiles", &gguf_tiles, "Q8_0/Q4_0/Q4_1 blocks regrouped 16 rows per tile for tiles_q8", py::arg("raw"),
         py::arg("type"), py::arg("in_features"));
+  m.def("int8_tiles", &int8_tiles, "int8 rows and their scales regrouped 16 rows per tile for tiles_q8",
+        py::arg("qweight"), py::arg("scale"));
   m.def("int4_tiles", &int4_tiles, "int4 weights regrouped 16 rows per tile for tiles_q8", py::arg("packed"),
         py::arg("scale"), py::arg("zero"), py::arg("group_size"), py::arg("in_features"));
   m.def("int4_tiles_fit", &int4_tiles_fit, "whether int4_tiles covers this layout", py::arg("group_size"),
