@@ -100,9 +100,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"quantization specs run on our engine with kernels (full: {' '.join(SPECS)}; quick: int8)")
     p.add_argument("--spec-baselines", action="store_true",
                    help="also run every spec without kernels (its PyTorch path dequantizes every step: slow)")
-    p.add_argument("--hf-calls", nargs="+", default=None, choices=list(HF_CALLS),
+    p.add_argument("--hf-calls", nargs="*", default=None, choices=list(HF_CALLS),
                    help="transformers' calls: generate (usual, dynamic cache), static (static cache), compile "
-                        "(static cache + torch.compile) (full: all; quick: generate static)")
+                        "(static cache + torch.compile) (full: all; quick: generate static; none given: "
+                        "transformers does not run)")
     p.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp even when llama_cpp is importable")
     p.add_argument("--readme", default=None,
                    help=f"replace the text between {MARK_START} and {MARK_END} in this file with the table")
@@ -301,15 +302,17 @@ def build_engines(args, tmp: Path, stack: ExitStack) -> tuple[list[Engine], obje
     """The contenders, and why llama.cpp is not among them (None when it is)."""
     timer_cls, clock = _step_timer_class(), CLOCKS[args.clock]
     engines, floats = [], {}
-    print(f"loading transformers' model for {args.model} (float32) ...", file=sys.stderr, flush=True)
-    ref32 = load_reference(args.model)
+    if args.hf_calls:
+        print(f"loading transformers' model for {args.model} (float32) ...", file=sys.stderr, flush=True)
+    ref32 = load_reference(args.model) if args.hf_calls else None
     for dtype_name in args.dtypes:
         model, tokenizer = load_model(args.model, dtype=DTYPES[dtype_name], kernels=args.kernels != "off")
         floats[dtype_name] = model
         modes = {"on": [True], "off": [False], "both": [True, False]}[args.kernels]
         engines += [ours_engine(model, tokenizer, dtype_name, on, clock) for on in modes]
-        ref = ref32 if dtype_name == "float32" else copy.deepcopy(ref32).to(DTYPES[dtype_name])
-        engines += [hf_engine(ref, dtype_name, call, timer_cls, clock) for call in args.hf_calls]
+        if ref32 is not None:
+            ref = ref32 if dtype_name == "float32" else copy.deepcopy(ref32).to(DTYPES[dtype_name])
+            engines += [hf_engine(ref, dtype_name, call, timer_cls, clock) for call in args.hf_calls]
     base = floats.get("float32") or load_model(args.model)[0]
     for spec in args.specs:
         print(f"quantizing {spec} ...", file=sys.stderr, flush=True)

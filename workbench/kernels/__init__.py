@@ -55,7 +55,7 @@ from ..errors import InvalidParameterError
 from ..model import Attention, LlamaModel, RMSNorm, apply_rope, attention
 from . import build, choice
 from .choice import bucket, run_faster
-from .memory import move_weights_to_huge_pages
+from .memory import huge_page_copy, move_weights_to_huge_pages
 
 MAX_ROWS = 16  # rows of x up to which float layers may use the kernel (whether they do is measured: choice.py)
 MAX_ROWS_QUANTIZED = 16  # packed weights: the kernel reads them once per 4 rows, still far ahead of dequantizing
@@ -189,8 +189,9 @@ def weight_tiles(layer) -> torch.Tensor | None:
     """A quantized layer's weights regrouped 16 rows per tile (`csrc/gguf_q8.h`) for the int8-activation
     product `tiles_q8`: int8, int4 and GGUF Q8_0 / Q4_0 / Q4_1 layers, from what their `kernel_spec()`
     names. None where it does not run (float activations, no AVX-512 VNNI, a layout it does not cover).
-    Built at first use and kept on the layer (as many bytes again as its weights, plus a float32
-    scale per row and block of 32); rebuilt when a weight tensor is replaced or written in place."""
+    Built at first use and kept on the layer (as many bytes again as its weights; Q8_0 and int4: plus
+    a float32 scale per row and block of 32); rebuilt when a weight tensor is replaced or written in
+    place."""
     ops = build.load() if _enabled and quantized_activations() == "int8" else None
     spec = layer.kernel_spec() if ops is not None and ops.tiles_fit() and hasattr(layer, "kernel_spec") else None
     if spec is None:
@@ -203,8 +204,8 @@ def weight_tiles(layer) -> torch.Tensor | None:
         packed, scale, zero, group, in_features = tensors
         tensors, make = [packed, scale, zero], lambda: ops.int4_tiles(packed, scale, zero, group, in_features)
     elif kind == "dense" and tensors[0].dtype == torch.int8 and tensors[0].shape[-1] % ACTIVATION_BLOCK == 0:
-        qweight, scale = tensors
-        make = lambda: ops.int8_tiles(qweight, scale)
+        qweight, scale = tensors  # the scales stay the layer's (`tile_scales`)
+        make = lambda: ops.int8_tiles(qweight)
     else:
         return None
     if not all(t.is_cpu and t.is_contiguous() for t in tensors):
@@ -213,8 +214,16 @@ def weight_tiles(layer) -> torch.Tensor | None:
     cached = layer.__dict__.get("_kernel_tiles")  # (tensors, their versions, tiles)
     if cached is None or len(cached[0]) != len(tensors) or any(a is not b for a, b in zip(cached[0], tensors)) \
             or cached[1] != versions:
-        cached = layer.__dict__["_kernel_tiles"] = (tuple(tensors), versions, make())
+        tiles = make()
+        moved = huge_page_copy(tiles)  # streamed as fast as the weights `enable` moved (memory.py)
+        cached = layer.__dict__["_kernel_tiles"] = (tuple(tensors), versions, tiles if moved is None else moved)
     return cached[2]
+
+
+def tile_scales(layer) -> torch.Tensor | None:
+    """The row scales `tiles_q8` multiplies int8 tiles by (an int8 layer's own), else None."""
+    spec = layer.kernel_spec()
+    return spec[2] if spec[0] == "dense" and spec[1].dtype == torch.int8 else None
 
 
 def _version(t: torch.Tensor) -> int | None:
@@ -227,7 +236,7 @@ def _tiles_linear(x: torch.Tensor, layer) -> torch.Tensor | None:
     int8 exactly as a decode step's), or None."""
     if _ops(x, None, x.numel() // max(x.shape[-1], 1)) is None or (tiles := weight_tiles(layer)) is None:
         return None
-    return build.load().tiles_q8(x, tiles, x.shape[-1], layer.out_features)
+    return build.load().tiles_q8(x, tiles, x.shape[-1], layer.out_features, tile_scales(layer))
 
 
 def int8_linear(x: torch.Tensor, layer) -> torch.Tensor | None:

@@ -66,7 +66,7 @@ def _product(module: nn.Module, checks: list, versions: list):
     tiles = kernels.weight_tiles(module)
     if tiles is not None:  # a copy: the plan also checks its weights' write counts
         versions.extend((t, t._version) for t in tensors if isinstance(t, torch.Tensor) and not t.is_inference())
-        return ("tiles_q8", tiles, module.in_features, module.out_features)
+        return ("tiles_q8", tiles, module.in_features, module.out_features, kernels.tile_scales(module))
     if kind == "dense":
         weight = tensors[0]
         ok = weight.is_contiguous() and weight.dtype in (torch.float32, torch.bfloat16, torch.int8)

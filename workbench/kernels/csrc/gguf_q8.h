@@ -159,11 +159,13 @@ static void rows(int64_t type, const uint8_t* raw, const int8_t* xq, const float
 // bytes 4j..4j+3 of the row's block in GGUF order (low nibbles: weights 4j..4j+3, high nibbles:
 // weights 16+4j..16+4j+3). Rows past N are zero.
 constexpr int64_t TILE = 16, TILE_NIBBLES = 256, TILE_BYTES = 512;
-// The three layouts, by the bytes of one tile-block: 4-bit with float16 d and c, 4-bit with float32
-// d and c, 8-bit (below).
-enum TileKind { NIBBLES_F16 = 0, NIBBLES_F32 = 1, BYTES_F32 = 2 };
+// The four layouts, by the bytes of one tile-block: 4-bit with float16 d and c, 4-bit with float32
+// d and c, 8-bit with float32 d, 8-bit alone (the rows' scales apply after the sum; below).
+enum TileKind { NIBBLES_F16 = 0, NIBBLES_F32 = 1, BYTES_F32 = 2, BYTES = 3 };
+namespace tile_kinds { constexpr int BYTES = TileKind::BYTES; }  // where a local name shadows the enum
 static constexpr int64_t tile_block_bytes(int kind) {
-  return kind == BYTES_F32 ? 64 + TILE_BYTES : (kind == NIBBLES_F32 ? 128 : 64) + TILE_NIBBLES;
+  return kind == BYTES ? TILE_BYTES
+                       : kind == BYTES_F32 ? 64 + TILE_BYTES : (kind == NIBBLES_F32 ? 128 : 64) + TILE_NIBBLES;
 }
 
 static void make_tiles(int64_t type, const uint8_t* raw, int64_t N, int64_t K, uint8_t* out) {
@@ -207,12 +209,12 @@ static void make_int4_tiles(const uint8_t* packed, const float* scale, const uin
 }
 
 // 8-bit tiles: Q8_0 blocks (w = d * q, q int8) or int8 rows with one scale each (w = scale * q).
-// A tile-block holds d[16] as float32 (exact for float16), then eight chunks of 64 bytes: chunk j,
-// lane n = weights 4j..4j+3 of the row's block, stored as q + 128 (vpdpbusd takes unsigned weights;
+// A Q8_0 tile-block holds d[16] as float32 (exact for float16), then eight chunks of 64 bytes: chunk
+// j, lane n = weights 4j..4j+3 of the row's block, stored as q + 128 (vpdpbusd takes unsigned weights;
 // the kernel subtracts 128 * sum(xq) from each integer dot product, which makes it exactly sum(q * xq)).
-static inline void put_tile8_row(uint8_t* tb, int lane, float d, const int8_t* q) {
-  std::memcpy(tb + 4 * lane, &d, 4);
-  for (int i = 0; i < BLOCK; ++i) tb[64 + 64 * (i / 4) + 4 * lane + i % 4] = (uint8_t)(q[i] ^ 0x80);
+// An int8 tile-block is the eight chunks alone: the layer's own row scales multiply the finished sums.
+static inline void put_tile8_row(uint8_t* tb, int lane, const int8_t* q) {
+  for (int i = 0; i < BLOCK; ++i) tb[64 * (i / 4) + 4 * lane + i % 4] = (uint8_t)(q[i] ^ 0x80);
 }
 
 static void make_q8_0_tiles(const uint8_t* raw, int64_t N, int64_t K, uint8_t* out) {
@@ -221,33 +223,37 @@ static void make_q8_0_tiles(const uint8_t* raw, int64_t N, int64_t K, uint8_t* o
   for (int64_t n = 0; n < N; ++n)
     for (int64_t b = 0; b < blocks; ++b) {
       const uint8_t* blk = raw + (n * blocks + b) * 34;
-      put_tile8_row(out + ((n / TILE) * blocks + b) * TILE_BLOCK, (int)(n % TILE), _cvtsh_ss(load_u16(blk)),
-                    (const int8_t*)(blk + 2));
+      uint8_t* tb = out + ((n / TILE) * blocks + b) * TILE_BLOCK;
+      const float d = _cvtsh_ss(load_u16(blk));
+      std::memcpy(tb + 4 * (n % TILE), &d, 4);
+      put_tile8_row(tb + 64, (int)(n % TILE), (const int8_t*)(blk + 2));
     }
 }
 
-static void make_int8_tiles(const int8_t* q, const float* scale, int64_t N, int64_t K, uint8_t* out) {
-  const int64_t blocks = K / BLOCK, tiles = (N + TILE - 1) / TILE, TILE_BLOCK = tile_block_bytes(BYTES_F32);
+static void make_int8_tiles(const int8_t* q, int64_t N, int64_t K, uint8_t* out) {
+  const int64_t blocks = K / BLOCK, tiles = (N + TILE - 1) / TILE, TILE_BLOCK = tile_block_bytes(BYTES);
   std::memset(out, 0, tiles * blocks * TILE_BLOCK);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t b = 0; b < blocks; ++b)
-      put_tile8_row(out + ((n / TILE) * blocks + b) * TILE_BLOCK, (int)(n % TILE), scale[n], q + n * K + b * BLOCK);
+      put_tile8_row(out + ((n / TILE) * blocks + b) * TILE_BLOCK, (int)(n % TILE), q + n * K + b * BLOCK);
 }
 
 // Rows m0..m0+M-1 of x against tile t: y[m, 16t..16t+15].
 template <int M, int KIND>
 static inline void tile_m(const uint8_t* tile, const int8_t* xq, const float* dx, const float* xsum,
-                          const int32_t* isum, float* y, int64_t N, int64_t K, int64_t n0) {
-  constexpr bool F32 = KIND != NIBBLES_F16, BYTES = KIND == BYTES_F32;
+                          const int32_t* isum, const float* row_scale, float* y, int64_t N, int64_t K, int64_t n0) {
+  constexpr bool F32 = KIND != NIBBLES_F16, BYTES = KIND == BYTES_F32 || KIND == tile_kinds::BYTES;
+  constexpr bool HEAD = KIND != tile_kinds::BYTES;  // per-block d (else the rows' scales, at the end)
   constexpr int64_t TILE_BLOCK = tile_block_bytes(KIND);
-  constexpr int64_t head = BYTES ? 64 : TILE_BLOCK - TILE_NIBBLES;
+  constexpr int64_t head = BYTES ? (HEAD ? 64 : 0) : TILE_BLOCK - TILE_NIBBLES;
   const int64_t blocks = K / BLOCK;
   const __m512i low4 = _mm512_set1_epi8(15);
   __m512 acc[M];
   for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
     const uint8_t* tb = tile + b * TILE_BLOCK;
-    const __m512 d = F32 ? _mm512_loadu_ps(tb) : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)tb));
+    const __m512 d = !HEAD ? _mm512_set1_ps(1.0f)
+                     : F32 ? _mm512_loadu_ps(tb) : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)tb));
     __m512 c = _mm512_setzero_ps();
     __m512i w[8];  // w[j]: weights 4j..4j+3 of each row
     if (BYTES) {
@@ -269,19 +275,24 @@ static inline void tile_m(const uint8_t* tile, const int8_t* xq, const float* dx
         s0 = _mm512_dpbusd_epi32(s0, w[j], _mm512_set1_epi32(load_i32(xb + 4 * j)));
         s1 = _mm512_dpbusd_epi32(s1, w[4 + j], _mm512_set1_epi32(load_i32(xb + 16 + 4 * j)));
       }
-      const __m512 s = _mm512_mul_ps(d, _mm512_set1_ps(dx[m * blocks + b]));
+      const __m512 s = HEAD ? _mm512_mul_ps(d, _mm512_set1_ps(dx[m * blocks + b])) : _mm512_set1_ps(dx[m * blocks + b]);
       acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), s, acc[m]);
       if (!BYTES) acc[m] = _mm512_fmadd_ps(c, _mm512_set1_ps(xsum[m * blocks + b]), acc[m]);
     }
   }
   const __mmask16 keep = N - n0 >= TILE ? (__mmask16)0xFFFF : (__mmask16)((1u << (N - n0)) - 1);
+  if (!HEAD) {
+    const __m512 scale = _mm512_maskz_loadu_ps(keep, row_scale + n0);
+    for (int m = 0; m < M; ++m) acc[m] = _mm512_mul_ps(acc[m], scale);
+  }
   for (int m = 0; m < M; ++m) _mm512_mask_storeu_ps(y + m * N + n0, keep, acc[m]);
 }
 
 // Tiles [t0, t1) against all `rows` rows of x, 4 rows at a time (the tile's weights stay in L1).
 template <int KIND>
 static void tiles_rows(const uint8_t* tiles, const int8_t* xq, const float* dx, const float* xsum,
-                       const int32_t* isum, float* y, int64_t rows, int64_t N, int64_t K, int64_t t0, int64_t t1) {
+                       const int32_t* isum, const float* row_scale, float* y, int64_t rows, int64_t N, int64_t K,
+                       int64_t t0, int64_t t1) {
   const int64_t blocks = K / BLOCK, tile_bytes = blocks * tile_block_bytes(KIND);
   for (int64_t t = t0; t < t1; ++t) {
     const uint8_t* tile = tiles + t * tile_bytes;
@@ -291,7 +302,8 @@ static void tiles_rows(const uint8_t* tiles, const int8_t* xq, const float* dx, 
     for (int64_t m0 = 0; m0 < rows; m0 += 4) {
       const int64_t at = m0 * blocks;
       WB_SWITCH_M((int)std::min<int64_t>(4, rows - m0),
-                  (tile_m<M, KIND>(tile, xq + m0 * K, dx + at, xsum + at, isum + at, y + m0 * N, N, K, t * TILE)));
+                  (tile_m<M, KIND>(tile, xq + m0 * K, dx + at, xsum + at, isum + at, row_scale, y + m0 * N, N, K,
+                                   t * TILE)));
     }
   }
 }

@@ -406,18 +406,16 @@ static at::Tensor gguf_tiles(const at::Tensor& raw, int64_t type, int64_t K) {
   return out;
 }
 
-// Int8WeightOnlyLinear's weights (int8 rows, one float32 scale each) as 8-bit tiles, for tiles_q8.
-static at::Tensor int8_tiles(const at::Tensor& q, const at::Tensor& scale_) {
-  const at::Tensor scale = scale_.to(at::kFloat).contiguous();
+// Int8WeightOnlyLinear's int8 rows as 8-bit tiles, for tiles_q8 with the layer's row scales.
+static at::Tensor int8_tiles(const at::Tensor& q) {
   TORCH_CHECK(q.scalar_type() == at::kChar && q.dim() == 2 && q.is_contiguous() && q.size(1) % 32 == 0,
               "int8 tiles need a contiguous int8 matrix of rows of whole blocks of 32, got ", q.sizes());
-  TORCH_CHECK(scale.numel() == q.size(0), "int8 tiles need one scale per row");
   TORCH_CHECK(tiles_fit(), "weight tiles need the AVX-512 backend on a CPU with VNNI");
   const int64_t N = q.size(0), K = q.size(1);
-  at::Tensor out = at::empty({(N + 15) / 16, K / 32 * blocks_q8_vnni::tile_block_bytes(blocks_q8_vnni::BYTES_F32)},
+  at::Tensor out = at::empty({(N + 15) / 16, K / 32 * blocks_q8_vnni::tile_block_bytes(blocks_q8_vnni::BYTES)},
                              q.options().dtype(at::kByte));
 #ifdef WB_X86
-  blocks_q8_vnni::make_int8_tiles(q.data_ptr<int8_t>(), scale.data_ptr<float>(), N, K, out.data_ptr<uint8_t>());
+  blocks_q8_vnni::make_int8_tiles(q.data_ptr<int8_t>(), N, K, out.data_ptr<uint8_t>());
 #endif
   return out;
 }
@@ -442,47 +440,70 @@ static at::Tensor int4_tiles(const at::Tensor& packed, const at::Tensor& scale_,
   return out;
 }
 
-// The product of x, rounded to int8 per block of 32, with an N-row weight's tiles (gguf_tiles,
-// int4_tiles or int8_tiles: their row length says which), for any number of rows of x: a prompt's
-// rows are rounded as a decode step's are.
-static at::Tensor tiles_q8(const at::Tensor& x_, const at::Tensor& tiles, int64_t K, int64_t N) {
+// Which layout an N-row weight's tiles of rows of K weights hold (gguf_tiles, int4_tiles or int8_tiles:
+// their row length says which); an error where they hold none.
+static int tile_kind(const at::Tensor& tiles, int64_t K, int64_t N) {
   TORCH_CHECK(tiles_fit(), "weight tiles need the AVX-512 backend on a CPU with VNNI");
-  const int64_t blocks = K / 32;
   TORCH_CHECK(K % 32 == 0 && tiles.scalar_type() == at::kByte && tiles.dim() == 2 && tiles.is_contiguous() &&
               tiles.size(0) == (N + 15) / 16, "weight tiles of ", tiles.sizes(), " do not hold ", N, " rows");
   int kind = -1;
 #ifdef WB_X86
-  for (int k : {blocks_q8_vnni::NIBBLES_F16, blocks_q8_vnni::NIBBLES_F32, blocks_q8_vnni::BYTES_F32})
-    if (tiles.size(1) == blocks * blocks_q8_vnni::tile_block_bytes(k)) kind = k;
+  for (int k : {blocks_q8_vnni::NIBBLES_F16, blocks_q8_vnni::NIBBLES_F32, blocks_q8_vnni::BYTES_F32,
+                blocks_q8_vnni::BYTES})
+    if (tiles.size(1) == K / 32 * blocks_q8_vnni::tile_block_bytes(k)) kind = k;
 #endif
   TORCH_CHECK(kind >= 0, "weight tiles of ", tiles.sizes(), " do not hold rows of ", K, " weights");
+  return kind;
+}
+
+// Tiles [t0, t1) of one weight against rows m0..m0+M-1 of q: y (row stride N) from its row m0;
+// row_scale: the rows' scales of int8 tiles (else unused).
+static void tiles_range(int kind, const at::Tensor& tiles, const float* row_scale, const RowsQ8& q, int64_t m0,
+                        int64_t M, float* y, int64_t N, int64_t K, int64_t t0, int64_t t1) {
+#ifdef WB_X86
+  const uint8_t* tp = tiles.data_ptr<uint8_t>();
+  const int64_t at = m0 * (K / 32);
+  const int8_t* xq = q.xq + m0 * K;
+#define WB_TILES(KIND) \
+  return blocks_q8_vnni::tiles_rows<KIND>(tp, xq, q.dx + at, q.xsum + at, q.isum + at, row_scale, y, M, N, K, t0, t1)
+  switch (kind) {
+    case blocks_q8_vnni::NIBBLES_F16: WB_TILES(blocks_q8_vnni::NIBBLES_F16);
+    case blocks_q8_vnni::NIBBLES_F32: WB_TILES(blocks_q8_vnni::NIBBLES_F32);
+    case blocks_q8_vnni::BYTES_F32: WB_TILES(blocks_q8_vnni::BYTES_F32);
+    default: WB_TILES(blocks_q8_vnni::BYTES);
+  }
+#undef WB_TILES
+#endif
+}
+
+// The rows' scales int8 tiles need (float32, N of them), checked; null for the other layouts.
+static at::Tensor tile_scales(int kind, const c10::optional<at::Tensor>& scale, int64_t N) {
+#ifdef WB_X86
+  if (kind != blocks_q8_vnni::BYTES) return at::Tensor();
+#endif
+  TORCH_CHECK(scale.has_value() && scale->numel() == N, "int8 tiles need the layer's ", N, " row scales");
+  return scale->to(at::kFloat).contiguous();
+}
+
+// The product of x, rounded to int8 per block of 32, with an N-row weight's tiles (int8 tiles: times
+// the rows' scales), for any number of rows of x: a prompt's rows are rounded as a decode step's are.
+static at::Tensor tiles_q8(const at::Tensor& x_, const at::Tensor& tiles, int64_t K, int64_t N,
+                           const c10::optional<at::Tensor>& scale_) {
+  const int kind = tile_kind(tiles, K, N);
+  const at::Tensor scale = tile_scales(kind, scale_, N);
+  const float* row_scale = scale.defined() ? scale.data_ptr<float>() : nullptr;
   check_x(x_, K);
   const at::Tensor x = as_float(x_);
   const int64_t rows = x.numel() / K;
   const RowsQ8 q(x, rows, K, true);
   at::Tensor y = new_output(x_, N);
-#ifdef WB_X86
   // Rows in blocks of 256 (up to 384 KB of int8 x), so that the rows every tile passes over stay in L2.
   for (int64_t m0 = 0; m0 < rows; m0 += 256) {
-    const int64_t M = std::min<int64_t>(256, rows - m0), at = m0 * blocks;
+    const int64_t M = std::min<int64_t>(256, rows - m0);
     parallel_rows(tiles.size(0), tiles.size(1) * std::max<int64_t>(1, M / 4), [&](int64_t t0, int64_t t1) {
-      const uint8_t* tp = tiles.data_ptr<uint8_t>();
-      float* yp = y.data_ptr<float>() + m0 * N;
-      const int8_t* xq = q.xq + m0 * K;
-      switch (kind) {
-        case blocks_q8_vnni::NIBBLES_F16:
-          return blocks_q8_vnni::tiles_rows<blocks_q8_vnni::NIBBLES_F16>(tp, xq, q.dx + at, q.xsum + at, q.isum + at,
-                                                                          yp, M, N, K, t0, t1);
-        case blocks_q8_vnni::NIBBLES_F32:
-          return blocks_q8_vnni::tiles_rows<blocks_q8_vnni::NIBBLES_F32>(tp, xq, q.dx + at, q.xsum + at, q.isum + at,
-                                                                          yp, M, N, K, t0, t1);
-        default:
-          return blocks_q8_vnni::tiles_rows<blocks_q8_vnni::BYTES_F32>(tp, xq, q.dx + at, q.xsum + at, q.isum + at,
-                                                                        yp, M, N, K, t0, t1);
-      }
+      tiles_range(kind, tiles, row_scale, q, m0, M, y.data_ptr<float>() + m0 * N, N, K, t0, t1);
     }, 1);
   }
-#endif
   return finish(y, x_);
 }
 
@@ -734,14 +755,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("raw"), py::arg("type"), py::arg("in_features"));
   m.def("gguf_tiles", &gguf_tiles, "Q8_0/Q4_0/Q4_1 blocks regrouped 16 rows per tile for tiles_q8", py::arg("raw"),
         py::arg("type"), py::arg("in_features"));
-  m.def("int8_tiles", &int8_tiles, "int8 rows and their scales regrouped 16 rows per tile for tiles_q8",
-        py::arg("qweight"), py::arg("scale"));
+  m.def("int8_tiles", &int8_tiles, "int8 rows regrouped 16 rows per tile for tiles_q8 (with their scales)",
+        py::arg("qweight"));
   m.def("int4_tiles", &int4_tiles, "int4 weights regrouped 16 rows per tile for tiles_q8", py::arg("packed"),
         py::arg("scale"), py::arg("zero"), py::arg("group_size"), py::arg("in_features"));
   m.def("int4_tiles_fit", &int4_tiles_fit, "whether int4_tiles covers this layout", py::arg("group_size"),
         py::arg("in_features"), py::arg("padded_in_features"));
   m.def("tiles_q8", &tiles_q8, "x rounded to int8 per block of 32 times weight tiles, any number of rows",
-        py::arg("x"), py::arg("tiles"), py::arg("in_features"), py::arg("out_features"));
+        py::arg("x"), py::arg("tiles"), py::arg("in_features"), py::arg("out_features"), py::arg("scale") = py::none());
   m.def("tiles_fit", &tiles_fit, "whether weight tiles and tiles_q8 run here (AVX-512 VNNI)");
   m.def("gguf_q8_fits", &blocks_q8::fits, "whether gguf_q8 covers this block type and row length", py::arg("type"),
         py::arg("in_features"));

@@ -10,7 +10,8 @@
 
 // One weight matrix's product, as the Python layer describes it (kernels/stack.py):
 // ("dense", w, scale or None) | ("int4" or "int4_q8", packed, scale, zero, group size, in features) |
-// ("gguf" or "gguf_q8", raw, type id, in features) | ("tiles_q8", tiles, in features, out features).
+// ("gguf" or "gguf_q8", raw, type id, in features) |
+// ("tiles_q8", tiles, in features, out features, row scales or None).
 struct LinearOp {
   enum Kind { DENSE, INT4, INT4_Q8, GGUF, GGUF_Q8, TILES_Q8 };
   Kind kind = DENSE;
@@ -41,6 +42,9 @@ struct LinearOp {
     } else if (kind == "tiles_q8") {
       op.kind = TILES_Q8;
       op.w = t[1].cast<at::Tensor>(), op.in_features = t[2].cast<int64_t>(), op.out = t[3].cast<int64_t>();
+      op.scaled = !t[4].is_none();
+      op.scale = tile_scales(tile_kind(op.w, op.in_features, op.out),
+                             op.scaled ? c10::optional<at::Tensor>(t[4].cast<at::Tensor>()) : c10::nullopt, op.out);
     } else {
       TORCH_CHECK(false, "unknown product kind '", kind, "'");
     }
@@ -55,46 +59,65 @@ struct LinearOp {
       case INT4_Q8: return int4_q8(x, w, scale, zero, group, in_features);
       case GGUF: return gguf(x, w, type, in_features);
       case GGUF_Q8: return gguf_q8(x, w, type, in_features);
-      case TILES_Q8: return tiles_q8(x, w, in_features, out);
+      case TILES_Q8: return tiles_q8(x, w, in_features, out, scaled ? c10::optional<at::Tensor>(scale) : c10::nullopt);
       default: return dense(x, w, scaled ? c10::optional<at::Tensor>(scale) : c10::nullopt);
     }
   }
 };
 
 // Products of the same float32 rows x. Dense ones (float32, bfloat16, int8 weights) share one
-// parallel region: the threads split all their output rows at once (q, k and v; gate and up), one
-// fork and join where there would be one per matrix; the small k and v matrices take a few
-// microseconds each, about what a fork and join of the threads costs.
+// parallel region, and so do products on weight tiles: the threads split all their output rows (or
+// tiles) at once (q, k and v; gate and up), one fork and join where there would be one per matrix;
+// the small k and v matrices take a few microseconds each, about what a fork and join of the threads
+// costs. Tiles also round x to int8 once for the group.
 static bool g_group_products = true;  // off: one parallel region per matrix (to measure the difference)
 
 static std::vector<at::Tensor> products(std::initializer_list<const LinearOp*> ops, const at::Tensor& x) {
   std::vector<at::Tensor> out;
-  int64_t total = 0;
-  bool grouped = g_group_products;
-  for (const LinearOp* op : ops) {
-    grouped = grouped && op->kind == LinearOp::DENSE && op->in_features == x.size(-1) && x.is_contiguous() &&
-              x.scalar_type() == at::kFloat;
-    total += op->out_features();
-  }
+  const LinearOp::Kind first = (*ops.begin())->kind;
+  bool grouped = g_group_products && (first == LinearOp::DENSE || first == LinearOp::TILES_Q8) && x.is_contiguous() &&
+                 x.scalar_type() == at::kFloat;
+  for (const LinearOp* op : ops) grouped = grouped && op->kind == first && op->in_features == x.size(-1);
   if (!grouped) {
     for (const LinearOp* op : ops) out.push_back((*op)(x));
     return out;
   }
   const int64_t K = x.size(-1), rows = x.numel() / K;
   for (const LinearOp* op : ops) out.push_back(new_output(x, op->out_features()));
+  // Splits `total` units (rows, or tiles of 16 rows) of the ops' matrices over the threads: fn(op index, lo, hi).
+  auto split = [&](int64_t total, int64_t unit_bytes, int64_t align, auto fn) {
+    parallel_rows(total, unit_bytes, [&](int64_t n0, int64_t n1) {
+      int64_t offset = 0, i = 0;
+      for (const LinearOp* op : ops) {  // this thread's share of each matrix
+        const int64_t units = first == LinearOp::TILES_Q8 ? op->w.size(0) : op->out_features();
+        const int64_t lo = std::max(n0, offset), hi = std::min(n1, offset + units);
+        if (lo < hi) fn(op, i, lo - offset, hi - offset);
+        offset += units, ++i;
+      }
+    }, align);
+  };
+  if (first == LinearOp::TILES_Q8) {  // decode-size rows (the stack takes up to 16)
+    const RowsQ8 q(x, rows, K, true);
+    int64_t tiles = 0;
+    std::vector<int> kinds;
+    for (const LinearOp* op : ops) kinds.push_back(tile_kind(op->w, K, op->out)), tiles += op->w.size(0);
+    split(tiles, (*ops.begin())->w.size(1) * std::max<int64_t>(1, rows / 4), 1,
+          [&](const LinearOp* op, int64_t i, int64_t t0, int64_t t1) {
+            tiles_range(kinds[i], op->w, op->scale.defined() ? op->scale.data_ptr<float>() : nullptr, q, 0, rows,
+                        out[i].data_ptr<float>(), op->out, K, t0, t1);
+          });
+    return out;
+  }
+  int64_t total = 0;
+  for (const LinearOp* op : ops) total += op->out_features();
   const int64_t row_bytes = K * (*ops.begin())->w.element_size();
   for (int64_t m0 = 0; m0 < rows; m0 += 4) {
     const int M = (int)std::min<int64_t>(4, rows - m0);
     const float* xp = x.data_ptr<float>() + m0 * K;
-    parallel_rows(total, row_bytes, [&](int64_t n0, int64_t n1) {
-      int64_t offset = 0, i = 0;
-      for (const LinearOp* op : ops) {  // this thread's share of each matrix
-        const int64_t N = op->out_features(), lo = std::max(n0, offset), hi = std::min(n1, offset + N);
-        if (lo < hi)
-          dense_range(op->w, op->scaled ? op->scale.data_ptr<float>() : nullptr, xp,
-                      out[i].data_ptr<float>() + m0 * N, M, lo - offset, hi - offset);
-        offset += N, ++i;
-      }
+    split(total, row_bytes, 4, [&](const LinearOp* op, int64_t i, int64_t n0, int64_t n1) {
+      const int64_t N = op->out_features();
+      dense_range(op->w, op->scaled ? op->scale.data_ptr<float>() : nullptr, xp, out[i].data_ptr<float>() + m0 * N,
+                  M, n0, n1);
     });
   }
   return out;
