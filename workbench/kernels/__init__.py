@@ -211,19 +211,20 @@ def weight_tiles(layer) -> torch.Tensor | None:
     if not all(t.is_cpu and t.is_contiguous() for t in tensors):
         return None
     versions = tuple(_version(t) for t in tensors)
-    cached = layer.__dict__.get("_kernel_tiles")  # (tensors, their versions, tiles)
-    if cached is None or len(cached[0]) != len(tensors) or any(a is not b for a, b in zip(cached[0], tensors)) \
-            or cached[1] != versions:
+    cached = layer.__dict__.get("_kernel_tiles")  # (tensors, their versions, tiles, row scales or None)
+    if cached is None or any(a is not b for a, b in zip(cached[0], tensors)) or cached[1] != versions:
         tiles = make()
         moved = huge_page_copy(tiles)  # streamed as fast as the weights `enable` moved (memory.py)
-        cached = layer.__dict__["_kernel_tiles"] = (tuple(tensors), versions, tiles if moved is None else moved)
+        row_scales = tensors[1] if kind == "dense" else None
+        cached = layer.__dict__["_kernel_tiles"] = (tuple(tensors), versions, tiles if moved is None else moved,
+                                                    row_scales)
     return cached[2]
 
 
 def tile_scales(layer) -> torch.Tensor | None:
-    """The row scales `tiles_q8` multiplies int8 tiles by (an int8 layer's own), else None."""
-    spec = layer.kernel_spec()
-    return spec[2] if spec[0] == "dense" and spec[1].dtype == torch.int8 else None
+    """The row scales `tiles_q8` multiplies the layer's tiles by (an int8 layer's own; None for the
+    other layouts), once `weight_tiles(layer)` has returned its tiles."""
+    return layer.__dict__["_kernel_tiles"][3]
 
 
 def _version(t: torch.Tensor) -> int | None:
