@@ -4,6 +4,7 @@ downloads otherwise: tokenizers from the Hub, datasets from ModelScope, NLTK dat
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 OFFLINE_ENV = {
@@ -64,19 +65,15 @@ def _call_logged(log_path, cwd, env, fn, args, kwargs):
         return fn(*args, **kwargs)
 
 
-_CONTEXT = None
-
-
+@functools.cache
 def _context():
     """A forkserver that has imported evalscope once: each run forks a clean child from it, which
     saves the 5-10 s every freshly spawned process spends importing evalscope and torch."""
-    global _CONTEXT
-    if _CONTEXT is None:
-        import multiprocessing as mp
+    import multiprocessing as mp
 
-        _CONTEXT = mp.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(["evalscope.run", "evalscope.perf.main"])
-    return _CONTEXT
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["evalscope.run", "evalscope.perf.main"])
+    return context
 
 
 def run_isolated(fn, *args, log_path, **kwargs):

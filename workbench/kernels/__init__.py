@@ -197,6 +197,7 @@ def weight_tiles(layer) -> torch.Tensor | None:
     if spec is None:
         return None
     kind, *tensors = spec
+    row_scales = None  # what tiles_q8 multiplies the finished sums by: an int8 layer's own row scales
     if kind == "gguf" and tensors[1] in GGUF_TYPES:
         raw, type_name, in_features = tensors
         tensors, make = [raw], lambda: ops.gguf_tiles(raw, GGUF_TYPES[type_name], in_features)
@@ -204,7 +205,7 @@ def weight_tiles(layer) -> torch.Tensor | None:
         packed, scale, zero, group, in_features = tensors
         tensors, make = [packed, scale, zero], lambda: ops.int4_tiles(packed, scale, zero, group, in_features)
     elif kind == "dense" and tensors[0].dtype == torch.int8 and tensors[0].shape[-1] % ACTIVATION_BLOCK == 0:
-        qweight, scale = tensors  # the scales stay the layer's (`tile_scales`)
+        qweight, row_scales = tensors  # the tiles hold the weights alone (`tile_scales`)
         make = lambda: ops.int8_tiles(qweight)
     else:
         return None
@@ -215,7 +216,6 @@ def weight_tiles(layer) -> torch.Tensor | None:
     if cached is None or any(a is not b for a, b in zip(cached[0], tensors)) or cached[1] != versions:
         tiles = make()
         moved = huge_page_copy(tiles)  # streamed as fast as the weights `enable` moved (memory.py)
-        row_scales = tensors[1] if kind == "dense" else None
         cached = layer.__dict__["_kernel_tiles"] = (tuple(tensors), versions, tiles if moved is None else moved,
                                                     row_scales)
     return cached[2]
