@@ -38,51 +38,115 @@ static inline __m512 exp_neg(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// Lane i of the result is the sum of the lanes of a[i]: 16 dot products' horizontal sums in 30
+// shuffles and adds, where one `_mm512_reduce_add_ps` per product costs about 8 dependent steps.
+// Each sum adds lane l to l + 8, then l + 4, l + 2 and l + 1, as reduce_add does.
+static inline __m512 sum_lanes16(const __m512* a) {
+  __m512 b[8], c[4], d[2];
+  for (int i = 0; i < 8; ++i)  // quarters: [a0 (q0+q2), a0 (q1+q3), a1 (q0+q2), a1 (q1+q3)]
+    b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  for (int i = 0; i < 4; ++i)  // quarter k: 4 partial sums of a[4i + k]
+    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  for (int i = 0; i < 2; ++i)  // quarter k: 2 partial sums each of a[8i + k] and a[8i + 4 + k]
+    d[i] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * i], c[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(c[2 * i], c[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_ps(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  // lane 4k + m now holds the sum of a[4m + k]: transpose the 4 x 4 back
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(order, e);
+}
+
+// Scores q . k[j] * scale of `count` (<= 16) positions from `kr` (stride ks) into p.
+template <typename T, int VECS>
+static inline void scores16(const __m512* qv, const T* kr, int64_t ks, int count, float scale, float* p) {
+  __m512 acc[16];
+  for (int j = 0; j < 16; ++j) {
+    if (j >= count) {
+      acc[j] = _mm512_setzero_ps();
+      continue;
+    }
+    const T* row = kr + j * ks;
+    acc[j] = _mm512_mul_ps(qv[0], VecAVX512::load_w(row));
+    for (int i = 1; i < VECS; ++i) acc[j] = _mm512_fmadd_ps(qv[i], VecAVX512::load_w(row + 16 * i), acc[j]);
+  }
+  const __mmask16 live = (__mmask16)(count >= 16 ? 0xFFFF : (1u << count) - 1);
+  _mm512_mask_storeu_ps(p, live, _mm512_mul_ps(sum_lanes16(acc), _mm512_set1_ps(scale)));
+}
+
+// o[g] += sum over the chunk's n positions of p[g][j] * v[j], for GB query heads at once: each value
+// row is loaded once for all of them, and GB x VECS independent sums keep the FMA units busy where one
+// head's VECS sums would wait on each other's latency. Positions are added in order.
+template <typename T, int VECS, int GB>
+static inline void weigh_values(const float (*p)[CHUNK], const T* v, int64_t ks, int64_t n, float* o_out) {
+  __m512 o[GB][VECS];
+  for (int g = 0; g < GB; ++g)
+    for (int i = 0; i < VECS; ++i) o[g][i] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    const T* vr = v + j * ks;
+    __m512 row[VECS];
+    for (int i = 0; i < VECS; ++i) row[i] = VecAVX512::load_w(vr + 16 * i);
+    for (int g = 0; g < GB; ++g) {
+      const __m512 w = _mm512_set1_ps(p[g][j]);
+      for (int i = 0; i < VECS; ++i) o[g][i] = _mm512_fmadd_ps(w, row[i], o[g][i]);
+    }
+  }
+  for (int g = 0; g < GB; ++g)
+    for (int i = 0; i < VECS; ++i) _mm512_storeu_ps(o_out + g * 16 * VECS + 16 * i, o[g][i]);
+}
+
 // One chunk [s0, s1) of one KV head for its G query heads: the chunk's max score, sum of
 // exp(score - max) and exp-weighted sum of values, per query head. VECS = hd / 16 is a template
-// argument so that a query and an output row stay in registers; the chunk's K and V rows (16 KB
-// each at hd 64) stay in L1 while the G query heads take their turns.
+// argument so that queries and output rows stay in registers; the chunk's K and V rows (16 KB
+// each at hd 64) stay in L1 while the query heads take their turns.
 template <typename T, int VECS>
 static void chunk(const T* const* q, const T* k, const T* v, int64_t ks, const bool* mask, int64_t ms,
                   int G, float scale, int64_t s0, int64_t s1, float* m_out, float* l_out, float* o_out) {
   constexpr int64_t hd = 16 * VECS;
+  constexpr int GB = VECS <= 4 ? 4 : 2;  // query heads per pass over the values (registers: GB x VECS sums)
   const int64_t n = s1 - s0;
-  for (int g = 0; g < G; ++g) {
-    float p[CHUNK];
+  alignas(64) float p[MAX_GROUP][CHUNK];
+  for (int g = 0; g < G; ++g) {  // scores, then exp(score - max)
     __m512 qv[VECS];
     for (int i = 0; i < VECS; ++i) qv[i] = VecAVX512::load_w(q[g] + 16 * i);
-    for (int64_t j = 0; j < n; ++j) {
-      const T* kr = k + (s0 + j) * ks;
-      __m512 acc = _mm512_mul_ps(qv[0], VecAVX512::load_w(kr));
-      for (int i = 1; i < VECS; ++i) acc = _mm512_fmadd_ps(qv[i], VecAVX512::load_w(kr + 16 * i), acc);
-      p[j] = mask && !mask[(s0 + j) * ms] ? -INFINITY : _mm512_reduce_add_ps(acc) * scale;
-    }
+    for (int64_t j = 0; j < n; j += 16)
+      scores16<T, VECS>(qv, k + (s0 + j) * ks, ks, (int)std::min<int64_t>(16, n - j), scale, p[g] + j);
+    if (mask)
+      for (int64_t j = 0; j < n; ++j)
+        if (!mask[(s0 + j) * ms]) p[g][j] = -INFINITY;
     float m = -INFINITY;
-    for (int64_t j = 0; j < n; ++j) m = std::max(m, p[j]);
-    __m512 o[VECS];
-    for (int i = 0; i < VECS; ++i) o[i] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) m = std::max(m, p[g][j]);
     float l = 0.0f;
-    if (m != -INFINITY) {  // else every position is masked: nothing to add
+    if (m != -INFINITY) {
       const __m512 vm = _mm512_set1_ps(m);
       __m512 sum = _mm512_setzero_ps();
       for (int64_t j = 0; j < n; j += 16) {
         const __mmask16 live = (__mmask16)(n - j >= 16 ? 0xFFFF : (1u << (n - j)) - 1);
-        const __m512 sc = _mm512_maskz_loadu_ps(live, p + j);
+        const __m512 sc = _mm512_maskz_loadu_ps(live, p[g] + j);
         const __mmask16 keep = _mm512_mask_cmp_ps_mask(live, sc, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
         const __m512 e = _mm512_maskz_mov_ps(keep, exp_neg(_mm512_sub_ps(sc, vm)));
-        _mm512_mask_storeu_ps(p + j, live, e);
+        _mm512_mask_storeu_ps(p[g] + j, live, e);
         sum = _mm512_add_ps(sum, e);
       }
       l = _mm512_reduce_add_ps(sum);
-      for (int64_t j = 0; j < n; ++j) {
-        const T* vr = v + (s0 + j) * ks;
-        const __m512 w = _mm512_set1_ps(p[j]);
-        for (int i = 0; i < VECS; ++i) o[i] = _mm512_fmadd_ps(w, VecAVX512::load_w(vr + 16 * i), o[i]);
-      }
+    } else {
+      std::fill(p[g], p[g] + n, 0.0f);
     }
     m_out[g] = m, l_out[g] = l;
-    for (int i = 0; i < VECS; ++i) _mm512_storeu_ps(o_out + g * hd + 16 * i, o[i]);
   }
+  const T* vc = v + s0 * ks;
+  for (int g = 0; g < G; g += GB) {
+    const int count = std::min(GB, G - g);
+    float* og = o_out + g * hd;
+    if (count == GB) weigh_values<T, VECS, GB>(p + g, vc, ks, n, og);
+    else if (count == 1) weigh_values<T, VECS, 1>(p + g, vc, ks, n, og);
+    else if (count == 2) weigh_values<T, VECS, 2>(p + g, vc, ks, n, og);
+    else weigh_values<T, VECS, 3>(p + g, vc, ks, n, og);
+  }
+  for (int g = 0; g < G; ++g)  // every position masked: nothing added (zeros, even where a value is not finite)
+    if (m_out[g] == -INFINITY) std::fill(o_out + g * hd, o_out + (g + 1) * hd, 0.0f);
 }
 
 // Head sizes with a compiled chunk (the caller falls back to PyTorch for others).
@@ -124,7 +188,7 @@ static void decode(const T* q, Strides qs, const T* k, const T* v, Strides kvs, 
   const int64_t chunks = (S + CHUNK - 1) / CHUNK, tasks = B * KVH * chunks;
   std::vector<float> m(tasks * G), l(tasks * G), o(tasks * G * hd);
   const bool parallel = S * KVH * B >= 256 && !omp_in_parallel();
-#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+#pragma omp parallel for schedule(static) if (parallel)
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t b = t / (KVH * chunks), h = t / chunks % KVH, c = t % chunks;
     const T* qg[MAX_GROUP];

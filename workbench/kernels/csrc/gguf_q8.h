@@ -296,9 +296,8 @@ static void tiles_rows(const uint8_t* tiles, const int8_t* xq, const float* dx, 
   const int64_t blocks = K / BLOCK, tile_bytes = blocks * tile_block_bytes(KIND);
   for (int64_t t = t0; t < t1; ++t) {
     const uint8_t* tile = tiles + t * tile_bytes;
-    if (t + 2 < t1) {  // the tile after next: weights are read once, straight from memory
-      for (int64_t off = 0; off < tile_bytes; off += 64) _mm_prefetch((const char*)(tile + 2 * tile_bytes + off), _MM_HINT_T0);
-    }
+    // No software prefetch: a thread's tiles are one sequential stream, which the hardware
+    // prefetcher follows; asking for the tile after next as well made decode products 3-26% slower.
     for (int64_t m0 = 0; m0 < rows; m0 += 4) {
       const int64_t at = m0 * blocks;
       WB_SWITCH_M((int)std::min<int64_t>(4, rows - m0),

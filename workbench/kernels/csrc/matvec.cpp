@@ -776,7 +776,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("head_dim"), py::arg("groups"));
   m.def("stream_read", &stream_read, "sum of a float32 buffer read by every thread (read bandwidth)",
         py::arg("buffer"));
-  py::class_<DecodeStack>(m, "DecodeStack", "every decoder layer of one decode step in one call (stack.h)")
+  // module_local: two builds of these kernels can share a process (a benchmark alternating them)
+  py::class_<DecodeStack>(m, "DecodeStack", py::module_local(),
+                          "every decoder layer of one decode step in one call (stack.h)")
       .def(py::init<py::list, double, int64_t, int64_t, int64_t>(), py::arg("layers"), py::arg("eps"),
            py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"))
       .def("run", &DecodeStack::run, "hidden rows after every layer; writes this step's keys and values",
