@@ -17,6 +17,7 @@ struct LinearOp {
   Kind kind = DENSE;
   at::Tensor w, scale, zero;
   bool scaled = false;
+  int tiles = -1;  // TILES_Q8: the tiles' kind
   int64_t group = 0, type = 0, in_features = 0, out = -1;
 
   static LinearOp parse(const py::tuple& t) {
@@ -43,8 +44,9 @@ struct LinearOp {
       op.kind = TILES_Q8;
       op.w = t[1].cast<at::Tensor>(), op.in_features = t[2].cast<int64_t>(), op.out = t[3].cast<int64_t>();
       op.scaled = !t[4].is_none();
-      op.scale = tile_scales(tile_kind(op.w, op.in_features, op.out),
-                             op.scaled ? c10::optional<at::Tensor>(t[4].cast<at::Tensor>()) : c10::nullopt, op.out);
+      op.tiles = tile_kind(op.w, op.in_features, op.out);
+      op.scale = tile_scales(op.tiles, op.scaled ? c10::optional<at::Tensor>(t[4].cast<at::Tensor>()) : c10::nullopt,
+                             op.out);
     } else {
       TORCH_CHECK(false, "unknown product kind '", kind, "'");
     }
@@ -65,25 +67,27 @@ struct LinearOp {
   }
 };
 
-// Products of the same float32 rows x. Dense ones (float32, bfloat16, int8 weights) share one
+// Products of the same float32 rows x into float32 outputs (B, 1, N). Dense ones (float32, bfloat16, int8 weights) share one
 // parallel region, and so do products on weight tiles: the threads split all their output rows (or
 // tiles) at once (q, k and v; gate and up), one fork and join where there would be one per matrix;
 // the small k and v matrices take a few microseconds each, about what a fork and join of the threads
 // costs. Tiles also round x to int8 once for the group.
 static bool g_group_products = true;  // off: one parallel region per matrix (to measure the difference)
 
-static std::vector<at::Tensor> products(std::initializer_list<const LinearOp*> ops, const at::Tensor& x) {
-  std::vector<at::Tensor> out;
+static void products(std::initializer_list<const LinearOp*> ops, const at::Tensor& x,
+                     std::initializer_list<at::Tensor*> outs) {
   const LinearOp::Kind first = (*ops.begin())->kind;
   bool grouped = g_group_products && (first == LinearOp::DENSE || first == LinearOp::TILES_Q8) && x.is_contiguous() &&
                  x.scalar_type() == at::kFloat;
   for (const LinearOp* op : ops) grouped = grouped && op->kind == first && op->in_features == x.size(-1);
-  if (!grouped) {
-    for (const LinearOp* op : ops) out.push_back((*op)(x));
-    return out;
+  if (!grouped) {  // the products' own calls, copied into the outputs (views of them outlive the call)
+    auto out = outs.begin();
+    for (const LinearOp* op : ops) (*out++)->copy_((*op)(x));
+    return;
   }
   const int64_t K = x.size(-1), rows = x.numel() / K;
-  for (const LinearOp* op : ops) out.push_back(new_output(x, op->out_features()));
+  std::vector<float*> y;
+  for (at::Tensor* out : outs) y.push_back(out->data_ptr<float>());
   // Splits `total` units (rows, or tiles of 16 rows) of the ops' matrices over the threads: fn(op index, lo, hi).
   auto split = [&](int64_t total, int64_t unit_bytes, int64_t align, auto fn) {
     parallel_rows(total, unit_bytes, [&](int64_t n0, int64_t n1) {
@@ -99,14 +103,13 @@ static std::vector<at::Tensor> products(std::initializer_list<const LinearOp*> o
   if (first == LinearOp::TILES_Q8) {  // decode-size rows (the stack takes up to 16)
     const RowsQ8 q(x, rows, K, true);
     int64_t tiles = 0;
-    std::vector<int> kinds;
-    for (const LinearOp* op : ops) kinds.push_back(tile_kind(op->w, K, op->out)), tiles += op->w.size(0);
+    for (const LinearOp* op : ops) tiles += op->w.size(0);
     split(tiles, (*ops.begin())->w.size(1) * std::max<int64_t>(1, rows / 4), 1,
           [&](const LinearOp* op, int64_t i, int64_t t0, int64_t t1) {
-            tiles_range(kinds[i], op->w, op->scale.defined() ? op->scale.data_ptr<float>() : nullptr, q, 0, rows,
-                        out[i].data_ptr<float>(), op->out, K, t0, t1);
+            tiles_range(op->tiles, op->w, op->scale.defined() ? op->scale.data_ptr<float>() : nullptr, q, 0, rows,
+                        y[i], op->out, K, t0, t1);
           });
-    return out;
+    return;
   }
   int64_t total = 0;
   for (const LinearOp* op : ops) total += op->out_features();
@@ -116,11 +119,9 @@ static std::vector<at::Tensor> products(std::initializer_list<const LinearOp*> o
     const float* xp = x.data_ptr<float>() + m0 * K;
     split(total, row_bytes, 4, [&](const LinearOp* op, int64_t i, int64_t n0, int64_t n1) {
       const int64_t N = op->out_features();
-      dense_range(op->w, op->scaled ? op->scale.data_ptr<float>() : nullptr, xp, out[i].data_ptr<float>() + m0 * N,
-                  M, n0, n1);
+      dense_range(op->w, op->scaled ? op->scale.data_ptr<float>() : nullptr, xp, y[i] + m0 * N, M, n0, n1);
     });
   }
-  return out;
 }
 
 struct StackLayer {
@@ -132,24 +133,13 @@ struct StackLayer {
 // keeps the model's dtype T, rounding where PyTorch's bfloat16 operations round. These loops do the
 // conversions that would otherwise be a dispatched `.to()` per product.
 template <typename T>
-static at::Tensor widened(const at::Tensor& t_) {  // float32 copy of a T tensor (t itself for float32)
-  const at::Tensor t = t_.contiguous();
-  if (std::is_same<T, float>::value) return t;
-  at::Tensor out = at::empty(t.sizes(), t.options().dtype(at::kFloat));
-  const T* src = (const T*)t.data_ptr();
-  float* dst = out.data_ptr<float>();
-  for (int64_t i = 0, n = t.numel(); i < n; ++i) dst[i] = widen(src[i]);
-  return out;
+static void widen_into(const T* src, float* dst, int64_t n) {  // float32 copy of T values
+  for (int64_t i = 0; i < n; ++i) dst[i] = widen(src[i]);
 }
 
 template <typename T>
-static at::Tensor rounded(const at::Tensor& y, const at::TensorOptions& options) {  // T copy of float32 y
-  if (std::is_same<T, float>::value) return y;
-  at::Tensor out = at::empty(y.sizes(), options);
-  const float* src = y.data_ptr<float>();
-  T* dst = (T*)out.data_ptr();
-  for (int64_t i = 0, n = y.numel(); i < n; ++i) dst[i] = narrow<T>(src[i]);
-  return out;
+static void narrow_into(const float* src, T* dst, int64_t n) {  // T copy of float32 values
+  for (int64_t i = 0; i < n; ++i) dst[i] = narrow<T>(src[i]);
 }
 
 // x += round(d) (d a float32 product), rounded to T: the residual `x + o_proj(...)`.
@@ -160,26 +150,59 @@ static void add_into(at::Tensor& x, const at::Tensor& d) {
   for (int64_t i = 0, n = x.numel(); i < n; ++i) xp[i] = narrow<T>(widen(xp[i]) + widen(narrow<T>(dp[i])));
 }
 
-// silu(g) * u of float32 products g, u, as F.silu(g) * u rounds each step in T; returned in float32
-// for the down product (the value is T's). In float32 it is PyTorch's own silu (its vectorised exp
-// and std::exp differ in the last bit), so a decode step computes what a prompt's layers compute.
+// out = silu(g) * u of float32 products g, u, as F.silu(g) * u rounds each step in T; in float32 for
+// the down product (the value is T's). In float32 it is PyTorch's own silu (its vectorised exp and
+// std::exp differ in the last bit), so a decode step computes what a prompt's layers compute.
 template <typename T>
-static at::Tensor silu_mul(const at::Tensor& g, const at::Tensor& u) {
-  if constexpr (std::is_same<T, float>::value) return at::silu(g).mul_(u);
-  at::Tensor out = at::empty_like(g);
-  const float *gp = g.data_ptr<float>(), *up = u.data_ptr<float>();
+static void silu_mul(const at::Tensor& g, const at::Tensor& u, at::Tensor& out) {
+  const float* up = u.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  for (int64_t i = 0, n = g.numel(); i < n; ++i) {
+  const int64_t n = g.numel();
+  if constexpr (std::is_same<T, float>::value) {
+    at::silu_out(out, g);
+    for (int64_t i = 0; i < n; ++i) op[i] *= up[i];
+    return;
+  }
+  const float* gp = g.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
     const float a = widen(narrow<T>(gp[i]));
     op[i] = widen(narrow<T>(widen(narrow<T>(a / (1.0f + std::exp(-a)))) * widen(narrow<T>(up[i]))));
   }
-  return out;
 }
 
-// RMSNorm of T rows, rounded to T as the reference does, in float32 for the products.
+// Tensors a run reuses for every layer: allocating them per layer cost more than the work they hold.
+struct StackBuffers {
+  at::Tensor h, hf;            // normed rows in T, and in float32 for the products (h itself in float32)
+  at::Tensor q, k, v;          // q/k/v products, float32 (B, 1, N)
+  at::Tensor qt, kt, vt;       // the same rounded to T (views of q, k, v in float32)
+  at::Tensor q4, k4;           // qt, kt viewed (B, heads, 1, hd) for the rotary embedding
+  at::Tensor qr, att, o;       // rotated queries (T), attention output (float32), o product
+  at::Tensor gate, up, act, down;
+
+  template <typename T>
+  static StackBuffers make(const at::Tensor& x, int64_t H, int64_t KVH, int64_t hd, int64_t F) {
+    const int64_t B = x.size(0), D = x.size(2);
+    const bool f32 = std::is_same<T, float>::value;
+    const auto t = x.options(), f = x.options().dtype(at::kFloat);
+    StackBuffers b;
+    b.h = at::empty_like(x), b.hf = f32 ? b.h : at::empty(x.sizes(), f);
+    b.q = at::empty({B, 1, H * hd}, f), b.k = at::empty({B, 1, KVH * hd}, f), b.v = at::empty({B, 1, KVH * hd}, f);
+    b.qt = f32 ? b.q : at::empty(b.q.sizes(), t), b.kt = f32 ? b.k : at::empty(b.k.sizes(), t);
+    b.vt = f32 ? b.v : at::empty(b.v.sizes(), t);
+    b.q4 = b.qt.view({B, H, 1, hd}), b.k4 = b.kt.view({B, KVH, 1, hd});
+    b.qr = at::empty({B, H, 1, hd}, t), b.att = at::empty({B, 1, H * hd}, f), b.o = at::empty({B, 1, D}, f);
+    b.gate = at::empty({B, 1, F}, f), b.up = at::empty({B, 1, F}, f), b.act = at::empty({B, 1, F}, f);
+    b.down = at::empty({B, 1, D}, f);
+    return b;
+  }
+};
+
+// RMSNorm of T rows x into b.h (rounded to T as the reference does) and b.hf (float32, for the products).
 template <typename T>
-static at::Tensor norm_for_products(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  return widened<T>(rms_norm(x, weight, eps));
+static void norm_into(const at::Tensor& x, const at::Tensor& weight, double eps, StackBuffers& b) {
+  const int64_t D = weight.numel();
+  rms_norm_rows((const T*)x.data_ptr(), (const T*)weight.data_ptr(), (T*)b.h.data_ptr(), x.numel() / D, D, (float)eps);
+  if (!std::is_same<T, float>::value) widen_into((const T*)b.h.data_ptr(), b.hf.data_ptr<float>(), x.numel());
 }
 
 class DecodeStack {
@@ -225,37 +248,59 @@ class DecodeStack {
   template <typename T>
   at::Tensor run_as(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& k_cache,
                     const at::Tensor& v_cache, int64_t start, const c10::optional<at::Tensor>& mask) const {
-    const int64_t B = x.size(0), groups = H_ / KVH_;
+    const int64_t B = x.size(0), groups = H_ / KVH_, S = start + 1;
     const T *c = (const T*)cos.data_ptr(), *s = (const T*)sin.data_ptr();
     const bool kernel_attention = decode_attention_fits(hd_, groups);
+    StackBuffers b = StackBuffers::template make<T>(x, H_, KVH_, hd_, layers_[0].gate.out_features());
+    // the cache: layer l's keys of sequence i, KV head g, position p at kc + l * cl + i * cb + g * ch + p * cs
+    const int64_t cl = k_cache.stride(0), cb = k_cache.stride(1), ch = k_cache.stride(2), cs = k_cache.stride(3);
+    const bool* mp = nullptr;
+    int64_t mb = 0, ms = 0;
+    if (mask.has_value()) {
+      TORCH_CHECK(mask->scalar_type() == at::kBool && mask->dim() == 4 && mask->size(2) == 1 && mask->size(3) == S &&
+                  (mask->size(0) == 1 || mask->size(0) == B), "decode stack: a bool mask (B or 1, 1, 1, start + 1)");
+      mp = mask->data_ptr<bool>(), mb = mask->size(0) == 1 ? 0 : mask->stride(0), ms = mask->stride(3);
+    }
+    const int64_t n_att = b.att.numel();
     for (int64_t l = 0; l < (int64_t)layers_.size(); ++l) {
       const StackLayer& layer = layers_[l];
-      at::Tensor h = norm_for_products<T>(x, layer.attn_norm, eps_);
-      const std::vector<at::Tensor> qkv = products({&layer.q, &layer.k, &layer.v}, h);
-      const at::Tensor q = rounded<T>(qkv[0], x.options()), k = rounded<T>(qkv[1], x.options());
-      const at::Tensor v = rounded<T>(qkv[2], x.options());
-      const at::Tensor kl = k_cache.select(0, l), vl = v_cache.select(0, l);
-      at::Tensor qr = at::empty({B, H_, 1, hd_}, x.options());
-      rope_rows<T>(q.view({B, H_, 1, hd_}), c, s, (T*)qr.data_ptr(), B, H_, hd_, H_ * hd_, hd_);
-      T* kslot = (T*)kl.data_ptr() + start * kl.stride(2);
-      rope_rows<T>(k.view({B, KVH_, 1, hd_}), c, s, kslot, B, KVH_, hd_, kl.stride(0), kl.stride(1));
-      T* vslot = (T*)vl.data_ptr() + start * vl.stride(2);
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t g = 0; g < KVH_; ++g)
-          std::memcpy(vslot + b * vl.stride(0) + g * vl.stride(1), (const T*)v.data_ptr() + (b * KVH_ + g) * hd_,
-                      hd_ * sizeof(T));
-      const at::Tensor keys = kl.narrow(2, 0, start + 1), values = vl.narrow(2, 0, start + 1);
-      at::Tensor att;
-      if (kernel_attention) {
-        att = decode_attention(qr, keys, values, mask);
-      } else {  // model.attention's one-query path: the query heads of a KV group along the query axis
-        att = at::scaled_dot_product_attention(qr.view({B, KVH_, groups, hd_}), keys, values, mask)
-                  .reshape({B, 1, H_ * hd_});
+      norm_into<T>(x, layer.attn_norm, eps_, b);
+      products({&layer.q, &layer.k, &layer.v}, b.hf, {&b.q, &b.k, &b.v});
+      if (!std::is_same<T, float>::value) {
+        narrow_into(b.q.data_ptr<float>(), (T*)b.qt.data_ptr(), b.q.numel());
+        narrow_into(b.k.data_ptr<float>(), (T*)b.kt.data_ptr(), b.k.numel());
+        narrow_into(b.v.data_ptr<float>(), (T*)b.vt.data_ptr(), b.v.numel());
       }
-      add_into<T>(x, layer.o(widened<T>(att)));
-      h = norm_for_products<T>(x, layer.mlp_norm, eps_);
-      const std::vector<at::Tensor> gate_up = products({&layer.gate, &layer.up}, h);
-      add_into<T>(x, layer.down(silu_mul<T>(gate_up[0], gate_up[1])));
+      T* kl = (T*)k_cache.data_ptr() + l * cl;
+      T* vl = (T*)v_cache.data_ptr() + l * cl;
+      rope_rows<T>(b.q4, c, s, (T*)b.qr.data_ptr(), B, H_, hd_, H_ * hd_, hd_);
+      rope_rows<T>(b.k4, c, s, kl + start * cs, B, KVH_, hd_, cb, ch);  // keys straight into their slot
+      for (int64_t i = 0; i < B; ++i)
+        for (int64_t g = 0; g < KVH_; ++g)
+          std::memcpy(vl + start * cs + i * cb + g * ch, (const T*)b.vt.data_ptr() + (i * KVH_ + g) * hd_,
+                      hd_ * sizeof(T));
+      float* att = b.att.data_ptr<float>();
+      if (kernel_attention) {
+#ifdef WB_X86
+        attn512::decode((const T*)b.qr.data_ptr(), attn512::Strides{H_ * hd_, hd_, 0}, (const T*)kl, (const T*)vl,
+                        attn512::Strides{cb, ch, cs}, mp, mb, ms, att, B, H_, KVH_, S, hd_, 1.0f / std::sqrt((float)hd_));
+#endif
+        // the layers round attention's output to T before the o product
+        if (!std::is_same<T, float>::value)
+          for (int64_t i = 0; i < n_att; ++i) att[i] = widen(narrow<T>(att[i]));
+      } else {  // model.attention's one-query path: the query heads of a KV group along the query axis
+        const at::Tensor keys = k_cache.select(0, l).narrow(2, 0, S), values = v_cache.select(0, l).narrow(2, 0, S);
+        const at::Tensor a = at::scaled_dot_product_attention(b.qr.view({B, KVH_, groups, hd_}), keys, values, mask)
+                                 .reshape({B, 1, H_ * hd_}).contiguous();
+        widen_into((const T*)a.data_ptr(), att, n_att);
+      }
+      products({&layer.o}, b.att, {&b.o});
+      add_into<T>(x, b.o);
+      norm_into<T>(x, layer.mlp_norm, eps_, b);
+      products({&layer.gate, &layer.up}, b.hf, {&b.gate, &b.up});
+      silu_mul<T>(b.gate, b.up, b.act);
+      products({&layer.down}, b.act, {&b.down});
+      add_into<T>(x, b.down);
     }
     return x;
   }
