@@ -65,9 +65,19 @@ static inline void dense_tile(const T* w, const float* scale, const float* x, fl
   }
 }
 
+// One or two rows of x (decode at batch 1 and 2) take one weight row at a time: the thread reads its
+// rows front to back, one sequential stream that the hardware prefetcher follows, where tiles of 4 or
+// 2 rows read interleaved streams and ask for later tiles themselves. Over a decode step's matrices
+// (alternated, 2 threads, AMD EPYC) one row at a time was 1.14x (float32) and 1.26x (bfloat16) faster
+// at batch 1, 1.28x and 1.08x at batch 2, about what a plain read of the same bytes takes; at 3 and
+// 4 rows it made no difference. Each row's sum runs over k in the same order either way.
 template <typename T, int M>
 static void dense_rows(const T* w, const float* scale, const float* x, float* y, int64_t N, int64_t K,
                        int64_t n0, int64_t n1) {
+  if (M <= 2) {
+    for (int64_t n = n0; n < n1; ++n) dense_tile<T, M, 1>(w, scale, x, y, N, K, n);
+    return;
+  }
   constexpr int R = Tile<M>::R;
   const RowPrefetch prefetch(w, K * (int64_t)sizeof(T), R, n1);
   int64_t n = n0;
