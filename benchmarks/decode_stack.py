@@ -19,10 +19,9 @@ from __future__ import annotations
 import workbench
 from workbench import kernels
 from workbench.bench.decode import benchmark_prompts, time_generation
-from workbench.bench.flags import benchmark_parser, parse_benchmark_args
+from workbench.bench.flags import benchmark_parser, parse_benchmark_args, save_rows
 from workbench.bench.quality import quantized_copy
 from workbench.bench.timing import alternate, run_end, run_info
-from workbench.io import atomic_write_json, atomic_write_text
 from workbench.kernels.stack import native_stack
 
 WAYS = ("stack", "stack-separate", "layers")
@@ -71,20 +70,10 @@ def main(argv=None):
             print(f"{spec:<10} batch {batch}: stack {row['stack_tok_s']:.1f}  separate {row['stack-separate_tok_s']:.1f}"
                   f"  layers {row['layers_tok_s']:.1f} tok/s  stack/layers {row['stack_vs_layers']:.2f}x"
                   f"  grouped/separate {row['grouped_vs_separate']:.3f}x", flush=True)
-            save(args, info, rows)
+            save_rows(args, rows, method=__doc__, run=run_end(info), kernels=kernels.status(),
+                      settings=("rounds", "warmup_rounds", "prompt_tokens", "new_tokens", "threads", "specs",
+                                "batches"), series="runs_tok_s")
         del variant
-
-
-def save(args, info, rows):
-    import pandas as pd
-
-    flat = [{k: v for k, v in r.items() if k != "runs_tok_s"} for r in rows]
-    atomic_write_text(args.out + ".csv", pd.DataFrame(flat).to_csv(index=False))
-    atomic_write_json(args.out + ".json", {"method": __doc__, "model": args.model, "kernels": kernels.status(),
-                                           "settings": {k: getattr(args, k) for k in
-                                                        ("rounds", "warmup_rounds", "prompt_tokens", "new_tokens",
-                                                         "threads", "specs", "batches")},
-                                           "run": run_end(info), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -28,10 +28,9 @@ import torch
 import workbench
 from workbench import kernels
 from workbench.bench.decode import benchmark_prompts
-from workbench.bench.flags import benchmark_parser, parse_benchmark_args
+from workbench.bench.flags import benchmark_parser, parse_benchmark_args, save_rows
 from workbench.bench.quality import quantized_copy
 from workbench.bench.timing import alternate, run_end, run_info
-from workbench.io import atomic_write_json, atomic_write_text
 from workbench.kernels import build
 from workbench.kernels.stack import build_plan
 from workbench.settings import cache_root
@@ -116,24 +115,15 @@ def main(argv=None):
         rounds = alternate({"this": step_ms(stack_of(variant, ours)), "against": step_ms(stack_of(variant, theirs))},
                            args.rounds, args.warmup_rounds)
         row = {"spec": spec, "this_ms": rounds.median("this"), "against_ms": rounds.median("against"),
-               "speedup": rounds.ratio("against", "this"), "runs_ms": {w: rounds.series(w) for w in ("this", "against")}}
+               "speedup": rounds.ratio("against", "this"),
+               "runs_ms": {w: rounds.series(w) for w in ("this", "against")}}
         rows.append(row)
         print(f"{spec:<10} step {row['this_ms']:.2f} ms, {args.against}: {row['against_ms']:.2f} ms, "
               f"speed-up {row['speedup']:.3f}x", flush=True)
-        save(args, info, rows)
+        save_rows(args, rows, method=__doc__, run=run_end(info), kernels=kernels.status(),
+                  settings=("against", "rounds", "warmup_rounds", "prompt_tokens", "steps", "threads", "specs"),
+                  series="runs_ms")
         del variant
-
-
-def save(args, info, rows):
-    import pandas as pd
-
-    flat = [{k: v for k, v in r.items() if k != "runs_ms"} for r in rows]
-    atomic_write_text(args.out + ".csv", pd.DataFrame(flat).to_csv(index=False))
-    atomic_write_json(args.out + ".json", {"method": __doc__, "model": args.model, "kernels": kernels.status(),
-                                           "settings": {k: getattr(args, k) for k in
-                                                        ("against", "rounds", "warmup_rounds", "prompt_tokens",
-                                                         "steps", "threads", "specs")},
-                                           "run": run_end(info), "rows": rows})
 
 
 if __name__ == "__main__":

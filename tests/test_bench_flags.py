@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.bench.flags import benchmark_parser, parse_benchmark_args
+from workbench.bench.flags import benchmark_parser, parse_benchmark_args, save_rows
 
 FULL = {"rounds": 5, "warmup_rounds": 1, "prompt_tokens": 128, "new_tokens": 64, "kernels": "on", "specs": ["a", "b"]}
 QUICK = {"rounds": 1, "prompt_tokens": 16, "new_tokens": 8, "specs": ["a"]}
@@ -98,3 +98,19 @@ def test_every_benchmark_script_builds_its_flags_on_the_shared_ones(name, capsys
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert all(flag in text for flag in ("--threads", "--quick", "--out STEM", "--bandwidth", "--model"))
+
+
+def test_save_rows_writes_the_table_without_the_rounds_and_the_json_with_them(tmp_path):
+    import json
+
+    import pandas as pd
+
+    args = parse(["--out", str(tmp_path / "result")])
+    rows = [{"spec": "a", "ms": 1.5, "runs_ms": [1.4, 1.6]}, {"spec": "b", "ms": 2.5, "runs_ms": [2.4, 2.6]}]
+    save_rows(args, rows, method="how", run={"date": "D"}, settings=("rounds", "specs"), series="runs_ms", extra=1)
+    table = pd.read_csv(tmp_path / "result.csv")
+    assert list(table.columns) == ["spec", "ms"] and table["ms"].tolist() == [1.5, 2.5]
+    written = json.loads((tmp_path / "result.json").read_text())
+    assert written["rows"] == rows and written["settings"] == {"rounds": 5, "specs": ["a", "b"]}
+    assert (written["method"], written["model"], written["run"], written["extra"]) == ("how", "smollm2-135m", {"date": "D"}, 1)
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically: no temporary files left

@@ -91,3 +91,18 @@ def parse_benchmark_args(parser: argparse.ArgumentParser, argv=None) -> argparse
         args.out = f"{RESULTS_DIR}/{name}{'_quick' if args.quick else ''}"
     torch.set_num_threads(args.threads)
     return args
+
+
+def save_rows(args: argparse.Namespace, rows: list[dict], *, method: str, run: dict, settings: tuple[str, ...],
+              series: str, **extra):
+    """Write a benchmark's rows to `args.out` + `.csv` (without each row's per-round `series`) and + `.json`
+    (method, model, `settings` read from args, the run record and the rows), each written atomically."""
+    import pandas as pd
+
+    from ..io import atomic_write_json, atomic_write_text
+
+    flat = [{k: v for k, v in r.items() if k != series} for r in rows]
+    atomic_write_text(args.out + ".csv", pd.DataFrame(flat).to_csv(index=False))
+    atomic_write_json(args.out + ".json", {"method": method, "model": args.model, **extra,
+                                           "settings": {k: getattr(args, k) for k in settings}, "run": run,
+                                           "rows": rows})
