@@ -67,8 +67,8 @@ struct LinearOp {
   }
 };
 
-// Products of the same float32 rows x into float32 outputs (B, 1, N). Dense ones (float32, bfloat16, int8 weights) share one
-// parallel region, and so do products on weight tiles: the threads split all their output rows (or
+// Products of the same float32 rows x into float32 outputs (B, 1, N). Dense ones (float32, bfloat16,
+// int8 weights) share one parallel region, and so do products on weight tiles: the threads split all their output rows (or
 // tiles) at once (q, k and v; gate and up), one fork and join where there would be one per matrix;
 // the small k and v matrices take a few microseconds each, about what a fork and join of the threads
 // costs. Tiles also round x to int8 once for the group.
@@ -174,10 +174,11 @@ static void silu_mul(const at::Tensor& g, const at::Tensor& u, at::Tensor& out) 
 struct StackBuffers {
   at::Tensor h, hf;            // normed rows in T, and in float32 for the products (h itself in float32)
   at::Tensor q, k, v;          // q/k/v products, float32 (B, 1, N)
-  at::Tensor qt, kt, vt;       // the same rounded to T (views of q, k, v in float32)
+  at::Tensor qt, kt, vt;       // the same rounded to T (q, k, v themselves in float32)
   at::Tensor q4, k4;           // qt, kt viewed (B, heads, 1, hd) for the rotary embedding
-  at::Tensor qr, att, o;       // rotated queries (T), attention output (float32), o product
-  at::Tensor gate, up, act, down;
+  at::Tensor qr, att;          // rotated queries (T), attention output (float32)
+  at::Tensor gate, up, act;    // the MLP's products and silu(gate) * up
+  at::Tensor d;                // the o or down product, added to the residual
 
   template <typename T>
   static StackBuffers make(const at::Tensor& x, int64_t H, int64_t KVH, int64_t hd, int64_t F) {
@@ -190,9 +191,9 @@ struct StackBuffers {
     b.qt = f32 ? b.q : at::empty(b.q.sizes(), t), b.kt = f32 ? b.k : at::empty(b.k.sizes(), t);
     b.vt = f32 ? b.v : at::empty(b.v.sizes(), t);
     b.q4 = b.qt.view({B, H, 1, hd}), b.k4 = b.kt.view({B, KVH, 1, hd});
-    b.qr = at::empty({B, H, 1, hd}, t), b.att = at::empty({B, 1, H * hd}, f), b.o = at::empty({B, 1, D}, f);
+    b.qr = at::empty({B, H, 1, hd}, t), b.att = at::empty({B, 1, H * hd}, f);
     b.gate = at::empty({B, 1, F}, f), b.up = at::empty({B, 1, F}, f), b.act = at::empty({B, 1, F}, f);
-    b.down = at::empty({B, 1, D}, f);
+    b.d = at::empty({B, 1, D}, f);
     return b;
   }
 };
@@ -294,13 +295,13 @@ class DecodeStack {
                                  .reshape({B, 1, H_ * hd_}).contiguous();
         widen_into((const T*)a.data_ptr(), att, n_att);
       }
-      products({&layer.o}, b.att, {&b.o});
-      add_into<T>(x, b.o);
+      products({&layer.o}, b.att, {&b.d});
+      add_into<T>(x, b.d);
       norm_into<T>(x, layer.mlp_norm, eps_, b);
       products({&layer.gate, &layer.up}, b.hf, {&b.gate, &b.up});
       silu_mul<T>(b.gate, b.up, b.act);
-      products({&layer.down}, b.act, {&b.down});
-      add_into<T>(x, b.down);
+      products({&layer.down}, b.act, {&b.d});
+      add_into<T>(x, b.d);
     }
     return x;
   }
