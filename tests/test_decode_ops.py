@@ -57,7 +57,9 @@ def test_decode_attention_matches_pytorch(attention_ops, threads, case, layout, 
         assert got.dtype == dtype
         expected = attention(q, k, v, m) if dtype == torch.float32 else attention(q.double(), k.double(), v.double(), m)
         torch.testing.assert_close(got.to(expected.dtype), expected, **tol)
-        torch.testing.assert_close(kernels.decode_attention(q, k, v, m), got, rtol=0, atol=0)
+        # the model's attention takes whichever of the two is faster here, and returns its answer unchanged
+        chosen = kernels.decode_attention(q, k, v, m)
+        assert torch.equal(chosen, got) or torch.equal(chosen, attention(q, k, v, m))
 
 
 # (batch, query heads, KV heads, head size, queries, cached positions before them)

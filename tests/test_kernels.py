@@ -119,6 +119,39 @@ def test_dense_formats_match_float64(ops, each_backend, threads, shape):
     each_backend(body)
 
 
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(64, 45)], ids=lambda s: f"{s[0]}x{s[1]}")  # 45: an odd row length
+@torch.inference_mode()
+def test_bfloat16_activations_meet_bfloat16_weights_on_dot_products(ops, each_backend, threads, shape):
+    if "avx512_bf16" in cpu_flags() and "avx512" in ops.supported_backends():
+        assert ops.bf16_dot()  # this CPU has the instruction: the bfloat16 model's products use it
+    gen = torch.Generator().manual_seed(shape[1])
+    w = torch.randn(*shape, generator=gen).bfloat16()
+    x = torch.randn(5, shape[1], generator=gen).bfloat16()
+    ref = x.double() @ w.double().T
+
+    def body(_):
+        for dot in (True, False):
+            ops.set_bf16_dot(dot)
+            y = ops.dense(x, w)
+            assert y.dtype == torch.bfloat16
+            # float32 sums, then one rounding to bfloat16 (half a step: 2 ** -8 of the value)
+            err = (y.double() - ref).abs()
+            assert (err <= bound(w.float().abs(), x.float()) + 2 ** -8 * ref.abs()).all(), err.max().item()
+            # a row's answer does not depend on how many rows share the pass over the weight
+            for rows in (1, 2, 3, 4):
+                assert torch.equal(ops.dense(x[:rows], w), y[:rows])
+        ops.set_bf16_dot(True)
+    each_backend(body)
+
+
 @pytest.mark.parametrize("group_size", [32, 128, 50])  # 50: groups that are no multiple of 32
 @pytest.mark.parametrize("shape", SHAPES[::2], ids=lambda s: f"{s[0]}x{s[1]}")
 @torch.inference_mode()

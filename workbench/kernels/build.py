@@ -23,7 +23,8 @@ import torch
 from ..io import locked
 from ..settings import cache_root
 
-SOURCES = ("matvec.cpp", "matvec_body.h", "vec.h", "int4_q8.h", "attention.h", "stack.h", "gguf_q8.h", "gemm_f32.h")
+SOURCES = ("matvec.cpp", "matvec_body.h", "vec.h", "int4_q8.h", "attention.h", "stack.h", "gguf_q8.h", "gemm_f32.h",
+           "bf16_dot.h")
 CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"]  # instruction sets: per function, see vec.h
 LDFLAGS = ["-fopenmp"]
 CSRC = Path(__file__).with_name("csrc")

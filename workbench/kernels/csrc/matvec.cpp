@@ -37,6 +37,7 @@ using V = VecAVX512;
 #include "gguf_q8.h"
 #include "attention.h"
 #include "gemm_f32.h"
+#include "bf16_dot.h"
 
 enum Backend { SCALAR = 0, AVX2 = 1, AVX512 = 2 };
 static const char* BACKEND_NAMES[] = {"scalar", "avx2", "avx512"};
@@ -84,6 +85,12 @@ static bool tiles_fit() {
   return false;
 #endif
 }
+
+// bfloat16 x bfloat16 products on AVX512_BF16 dot products (bf16_dot.h), with the AVX-512 backend.
+static const bool has_bf16_dot_cached = bf16dot::available();
+static bool g_bf16_dot = true;  // off: bfloat16 weights widened to float32 (to measure the difference)
+
+static bool bf16_dot_runs() { return g_backend == AVX512 && has_bf16_dot_cached && g_bf16_dot; }
 
 static void set_backend(const std::string& name) {
   const auto ok = supported_backends();
@@ -150,13 +157,17 @@ static at::Tensor finish(const at::Tensor& y, const at::Tensor& x) {
 }
 
 // Output rows [n0, n1) of y = x @ w.T for M (<= 4) rows of float32 x; w: (N, K) float32, bfloat16, or
-// int8 times scale[n] per row.
+// int8 times scale[n] per row. xb: the same rows of x as bfloat16 when their values are bfloat16 ones
+// (a bfloat16 model's activations), for bfloat16 dot products where they run; else null.
 static void dense_range(const at::Tensor& w, const float* scale, const float* xp, float* yp, int M, int64_t n0,
-                        int64_t n1) {
+                        int64_t n1, const uint16_t* xb = nullptr) {
   const int64_t N = w.size(0), K = w.size(1);
   switch (w.scalar_type()) {
     case at::kFloat: WB_BACKEND_CALL(dense<float>, w.data_ptr<float>(), scale, xp, yp, M, N, K, n0, n1); break;
     case at::kBFloat16:
+#ifdef WB_X86
+      if (xb && bf16_dot_runs()) return bf16dot::dense((const uint16_t*)w.data_ptr(), xb, yp, M, N, K, n0, n1);
+#endif
       WB_BACKEND_CALL(dense<uint16_t>, (const uint16_t*)w.data_ptr(), scale, xp, yp, M, N, K, n0, n1);
       break;
     default: WB_BACKEND_CALL(dense<int8_t>, w.data_ptr<int8_t>(), scale, xp, yp, M, N, K, n0, n1); break;
@@ -182,11 +193,16 @@ static at::Tensor dense(const at::Tensor& x_, const at::Tensor& w, const c10::op
     TORCH_CHECK(w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16,
                 "dense kernel weights: float32, bfloat16 or int8, got ", w.scalar_type());
   }
+  // bfloat16 x and weights: the values are bfloat16 ones, for bfloat16 dot products where they run
+  const at::Tensor xb = w.scalar_type() == at::kBFloat16 && x_.scalar_type() == at::kBFloat16 ? x_.contiguous()
+                                                                                                : at::Tensor();
   for (int64_t m0 = 0; m0 < rows; m0 += 4) {  // up to 4 rows of x per pass over the weight
     const int M = (int)std::min<int64_t>(4, rows - m0);
     const float* xp = x.data_ptr<float>() + m0 * K;
+    const uint16_t* xbp = xb.defined() ? (const uint16_t*)xb.data_ptr() + m0 * K : nullptr;
     float* yp = y.data_ptr<float>() + m0 * N;
-    parallel_rows(N, K * w.element_size(), [&](int64_t n0, int64_t n1) { dense_range(w, scale, xp, yp, M, n0, n1); });
+    parallel_rows(N, K * w.element_size(),
+                  [&](int64_t n0, int64_t n1) { dense_range(w, scale, xp, yp, M, n0, n1, xbp); });
   }
   return finish(y, x_);
 }
@@ -786,6 +802,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("mask") = py::none());
   m.def("set_grouped_products", [](bool on) { g_group_products = on; },
         "whether the decode stack runs q/k/v and gate/up in one parallel region each (default on)", py::arg("on"));
+  m.def("set_bf16_dot", [](bool on) { g_bf16_dot = on; },
+        "whether bfloat16 weights meet bfloat16 activations on AVX512_BF16 dot products where the CPU has them "
+        "(default on)", py::arg("on"));
+  m.def("bf16_dot", &bf16_dot_runs, "whether bfloat16 x bfloat16 products run on AVX512_BF16 dot products here");
   m.def("backend", &get_backend, "the instruction set in use");
   m.def("set_backend", &set_backend, "use another supported instruction set (tests)");
   m.def("supported_backends", &supported_backends, "instruction sets this CPU runs");

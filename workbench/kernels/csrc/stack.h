@@ -71,18 +71,21 @@ struct LinearOp {
 // int8 weights) share one parallel region, and so do products on weight tiles: the threads split all their output rows (or
 // tiles) at once (q, k and v; gate and up), one fork and join where there would be one per matrix;
 // the small k and v matrices take a few microseconds each, about what a fork and join of the threads
-// costs. Tiles also round x to int8 once for the group.
+// costs. Tiles also round x to int8 once for the group. bf16_values: x holds bfloat16 values (a
+// bfloat16 model's), which bfloat16 weights then meet on bfloat16 dot products where they run.
 static bool g_group_products = true;  // off: one parallel region per matrix (to measure the difference)
 
+static bool bf16_dense(const LinearOp* op) { return op->kind == LinearOp::DENSE && op->w.scalar_type() == at::kBFloat16; }
+
 static void products(std::initializer_list<const LinearOp*> ops, const at::Tensor& x,
-                     std::initializer_list<at::Tensor*> outs) {
+                     std::initializer_list<at::Tensor*> outs, bool bf16_values) {
   const LinearOp::Kind first = (*ops.begin())->kind;
   bool grouped = g_group_products && (first == LinearOp::DENSE || first == LinearOp::TILES_Q8) && x.is_contiguous() &&
                  x.scalar_type() == at::kFloat;
   for (const LinearOp* op : ops) grouped = grouped && op->kind == first && op->in_features == x.size(-1);
   if (!grouped) {  // the products' own calls, copied into the outputs (views of them outlive the call)
     auto out = outs.begin();
-    for (const LinearOp* op : ops) (*out++)->copy_((*op)(x));
+    for (const LinearOp* op : ops) (*out++)->copy_((*op)(bf16_values && bf16_dense(op) ? x.to(at::kBFloat16) : x));
     return;
   }
   const int64_t K = x.size(-1), rows = x.numel() / K;
@@ -114,12 +117,20 @@ static void products(std::initializer_list<const LinearOp*> ops, const at::Tenso
   int64_t total = 0;
   for (const LinearOp* op : ops) total += op->out_features();
   const int64_t row_bytes = K * (*ops.begin())->w.element_size();
+  std::vector<uint16_t> xb;  // x's bfloat16 values, exactly: their float32 bits' upper half
+  if (bf16_values) {
+    const uint32_t* bits = (const uint32_t*)x.data_ptr<float>();
+    xb.resize(rows * K);
+    for (int64_t i = 0; i < rows * K; ++i) xb[i] = (uint16_t)(bits[i] >> 16);
+  }
   for (int64_t m0 = 0; m0 < rows; m0 += 4) {
     const int M = (int)std::min<int64_t>(4, rows - m0);
     const float* xp = x.data_ptr<float>() + m0 * K;
+    const uint16_t* xbp = bf16_values ? xb.data() + m0 * K : nullptr;
     split(total, row_bytes, 4, [&](const LinearOp* op, int64_t i, int64_t n0, int64_t n1) {
       const int64_t N = op->out_features();
-      dense_range(op->w, op->scaled ? op->scale.data_ptr<float>() : nullptr, xp, y[i] + m0 * N, M, n0, n1);
+      dense_range(op->w, op->scaled ? op->scale.data_ptr<float>() : nullptr, xp, y[i] + m0 * N, M, n0, n1,
+                  bf16_dense(op) ? xbp : nullptr);
     });
   }
 }
@@ -252,6 +263,7 @@ class DecodeStack {
     const int64_t B = x.size(0), groups = H_ / KVH_, S = start + 1;
     const T *c = (const T*)cos.data_ptr(), *s = (const T*)sin.data_ptr();
     const bool kernel_attention = decode_attention_fits(hd_, groups);
+    const bool bf16 = !std::is_same<T, float>::value;  // every product's input is then rounded to bfloat16
     StackBuffers b = StackBuffers::template make<T>(x, H_, KVH_, hd_, layers_[0].gate.out_features());
     // the cache: layer l's keys of sequence i, KV head g, position p at kc + l * cl + i * cb + g * ch + p * cs
     const int64_t cl = k_cache.stride(0), cb = k_cache.stride(1), ch = k_cache.stride(2), cs = k_cache.stride(3);
@@ -266,7 +278,7 @@ class DecodeStack {
     for (int64_t l = 0; l < (int64_t)layers_.size(); ++l) {
       const StackLayer& layer = layers_[l];
       norm_into<T>(x, layer.attn_norm, eps_, b);
-      products({&layer.q, &layer.k, &layer.v}, b.hf, {&b.q, &b.k, &b.v});
+      products({&layer.q, &layer.k, &layer.v}, b.hf, {&b.q, &b.k, &b.v}, bf16);
       if (!std::is_same<T, float>::value) {
         narrow_into(b.q.data_ptr<float>(), (T*)b.qt.data_ptr(), b.q.numel());
         narrow_into(b.k.data_ptr<float>(), (T*)b.kt.data_ptr(), b.k.numel());
@@ -295,12 +307,12 @@ class DecodeStack {
                                  .reshape({B, 1, H_ * hd_}).contiguous();
         widen_into((const T*)a.data_ptr(), att, n_att);
       }
-      products({&layer.o}, b.att, {&b.d});
+      products({&layer.o}, b.att, {&b.d}, bf16);
       add_into<T>(x, b.d);
       norm_into<T>(x, layer.mlp_norm, eps_, b);
-      products({&layer.gate, &layer.up}, b.hf, {&b.gate, &b.up});
+      products({&layer.gate, &layer.up}, b.hf, {&b.gate, &b.up}, bf16);
       silu_mul<T>(b.gate, b.up, b.act);
-      products({&layer.down}, b.act, {&b.d});
+      products({&layer.down}, b.act, {&b.d}, bf16);
       add_into<T>(x, b.d);
     }
     return x;
