@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench import kernels, load_model
+from workbench.bench.timing import cpu_facts
 from workbench.errors import InvalidParameterError
 from workbench.kernels import build
 from workbench.quant import quantize_
@@ -119,18 +120,10 @@ def test_dense_formats_match_float64(ops, each_backend, threads, shape):
     each_backend(body)
 
 
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
-    except OSError:
-        return set()
-
-
 @pytest.mark.parametrize("shape", SHAPES + [(64, 45)], ids=lambda s: f"{s[0]}x{s[1]}")  # 45: an odd row length
 @torch.inference_mode()
 def test_bfloat16_activations_meet_bfloat16_weights_on_dot_products(ops, each_backend, threads, shape):
-    if "avx512_bf16" in cpu_flags() and "avx512" in ops.supported_backends():
+    if "avx512_bf16" in cpu_facts()["cpu_flags"] and "avx512" in ops.supported_backends():
         assert ops.bf16_dot()  # this CPU has the instruction: the bfloat16 model's products use it
     gen = torch.Generator().manual_seed(shape[1])
     w = torch.randn(*shape, generator=gen).bfloat16()

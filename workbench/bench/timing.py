@@ -137,7 +137,7 @@ def read_bandwidth_gb_s(mib: int = 1024, rounds: int = 5, clock: str = "wall") -
             "method": f"{method} over a float32 buffer of {mib} MiB, {rounds} reads ({clock} clock), median and best"}
 
 
-def _cpu() -> dict:
+def cpu_facts() -> dict:
     """CPU model, the SIMD flags our kernels care about, physical cores and logical CPUs (Linux's
     /proc/cpuinfo; elsewhere what `platform` knows)."""
     import os
@@ -230,7 +230,7 @@ def run_info(*, bandwidth: bool = False) -> dict:
 
     info = {"command": _command(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": _commit(), **_cpu(), "threads": torch.get_num_threads(),
+            "commit": _commit(), **cpu_facts(), "threads": torch.get_num_threads(),
             "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),
             "platform": platform.platform(), **_versions(), "loadavg_start": loadavg()}
     if bandwidth:

@@ -75,7 +75,9 @@ struct LinearOp {
 // bfloat16 model's), which bfloat16 weights then meet on bfloat16 dot products where they run.
 static bool g_group_products = true;  // off: one parallel region per matrix (to measure the difference)
 
-static bool bf16_dense(const LinearOp* op) { return op->kind == LinearOp::DENSE && op->w.scalar_type() == at::kBFloat16; }
+static bool bf16_dense(const LinearOp* op) {
+  return op->kind == LinearOp::DENSE && op->w.scalar_type() == at::kBFloat16;
+}
 
 static void products(std::initializer_list<const LinearOp*> ops, const at::Tensor& x,
                      std::initializer_list<at::Tensor*> outs, bool bf16_values) {
@@ -117,8 +119,10 @@ static void products(std::initializer_list<const LinearOp*> ops, const at::Tenso
   int64_t total = 0;
   for (const LinearOp* op : ops) total += op->out_features();
   const int64_t row_bytes = K * (*ops.begin())->w.element_size();
+  bool dot = bf16_values && bf16_dot_runs();  // all these weights bfloat16: they meet x on dot products
+  for (const LinearOp* op : ops) dot = dot && bf16_dense(op);
   std::vector<uint16_t> xb;  // x's bfloat16 values, exactly: their float32 bits' upper half
-  if (bf16_values) {
+  if (dot) {
     const uint32_t* bits = (const uint32_t*)x.data_ptr<float>();
     xb.resize(rows * K);
     for (int64_t i = 0; i < rows * K; ++i) xb[i] = (uint16_t)(bits[i] >> 16);
@@ -126,11 +130,10 @@ static void products(std::initializer_list<const LinearOp*> ops, const at::Tenso
   for (int64_t m0 = 0; m0 < rows; m0 += 4) {
     const int M = (int)std::min<int64_t>(4, rows - m0);
     const float* xp = x.data_ptr<float>() + m0 * K;
-    const uint16_t* xbp = bf16_values ? xb.data() + m0 * K : nullptr;
+    const uint16_t* xbp = dot ? xb.data() + m0 * K : nullptr;
     split(total, row_bytes, 4, [&](const LinearOp* op, int64_t i, int64_t n0, int64_t n1) {
       const int64_t N = op->out_features();
-      dense_range(op->w, op->scaled ? op->scale.data_ptr<float>() : nullptr, xp, y[i] + m0 * N, M, n0, n1,
-                  bf16_dense(op) ? xbp : nullptr);
+      dense_range(op->w, op->scaled ? op->scale.data_ptr<float>() : nullptr, xp, y[i] + m0 * N, M, n0, n1, xbp);
     });
   }
 }
