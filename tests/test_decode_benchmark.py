@@ -1,6 +1,7 @@
 """The decode benchmark's bookkeeping: peers matched by format, per-round ratios, what the table says."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -55,3 +56,12 @@ def test_the_reference_table_of_another_session_is_gone(bench, capsys):
     assert exit_.value.code == 2
     source = Path(bench.__file__).read_text()
     assert "/work/" not in source and "BASELINES" not in source
+
+
+@pytest.mark.parametrize("start, end, busy", [(0.9, 2.1, False), (1.6, 2.1, True), (0.2, 3.4, True)])
+def test_the_table_flags_a_busy_machine_but_not_the_runs_own_threads(bench, start, end, busy):
+    path = Path(__file__).resolve().parents[1] / "data" / "results" / "decode_vs_transformers.json"
+    result = json.loads(path.read_text())
+    machine = result["machine"]
+    machine["threads"], machine["loadavg_start"], machine["loadavg_end"] = 2, [start, 1, 1], [end, 1, 1]
+    assert ("WARNING: the machine was busy" in bench.markdown(result)) is busy
