@@ -119,3 +119,23 @@ def test_a_file_not_exported_by_us_is_refused(tmp_path, model_and_tokenizer):
         OnnxRunner(path, expect=model_and_tokenizer[0])
     with pytest.raises(OnnxModelMismatchError, match="no such ONNX file"):
         OnnxRunner(tmp_path / "missing.onnx")
+
+
+def test_a_second_export_of_the_same_weights_is_copied_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    tiny, _ = load_model("tiny-random")
+    first = export_onnx(tiny, tmp_path / "a.onnx", name="tiny-random")
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+
+    def exporter_ran(*args, **kwargs):
+        raise AssertionError("the exporter ran")
+
+    monkeypatch.setattr(torch.onnx, "export", exporter_ran)
+    assert export_onnx(tiny, tmp_path / "b.onnx", name="tiny-random") == first
+    assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
+    # other weights, another name, another opset or no cache: a new export
+    for model, kwargs in ((load_model("tiny-random", seed=1)[0], {}), (tiny, {"name": "other"}),
+                          (tiny, {"opset": 19}), (tiny, {"cache": False})):
+        with pytest.raises(AssertionError, match="the exporter ran"):
+            export_onnx(model, tmp_path / "c.onnx", **{"name": "tiny-random", **kwargs})
+    assert not (tmp_path / "c.onnx").exists()

@@ -14,7 +14,10 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import importlib.metadata
+import inspect
 import json
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -24,6 +27,8 @@ import torch
 from .. import kernels
 from ..errors import InvalidParameterError, MissingDependencyError
 from ..io import atomic_path, atomic_write_bytes
+from ..settings import cache_root
+from . import graph
 from .graph import CachedLM, input_names, output_names
 
 FORMAT = "workbench-onnx-kv/1"  # the graph's inputs and outputs as above; bump when they change
@@ -84,15 +89,25 @@ def _example_inputs(config, batch=2, past=3, new=4):
     return (torch.zeros(batch, new, dtype=torch.long), torch.ones(batch, past + new, dtype=torch.long), *past_kv)
 
 
-def export_onnx(model, path: str | Path, *, name: str, opset: int = 18) -> dict:
+def export_onnx(model, path: str | Path, *, name: str, opset: int = 18, cache: bool = True) -> dict:
     """Write `model` (float32) to `path` as an ONNX file (atomically) with torch's exporter; the
-    metadata records `name`, the config and a weights fingerprint. Returns that metadata."""
+    metadata records `name`, the config and a weights fingerprint. Returns that metadata.
+
+    With `cache`, the file is also kept under the cache root, keyed by the metadata, the opset, the
+    exporter's versions and the source of the traced code (`cache_file`): exporting the same weights
+    again copies it (the exporter takes about a minute for the bundled model on 2 cores)."""
     require("onnx"), require("onnxscript")
     _check_exportable(model)
     if any(getattr(m, "uses_kernels", False) for m in model.modules()) or _has_kernel_seams(model):
         # our decode kernels branch on the query length, which a graph with dynamic axes must not do:
         # trace a copy on PyTorch's operators (the same weights and maths)
         model = kernels.disable(copy.deepcopy(model))
+    meta = identity(model, name)
+    cached = cache_file(model, meta, opset) if cache else None
+    if cached is not None and cached.is_file():
+        with atomic_path(path) as tmp:
+            shutil.copyfile(cached, tmp)
+        return meta
     config, layers = model.config, model.config.num_hidden_layers
     batch, new, past = (torch.export.Dim(n) for n in ("batch", "sequence", "past_sequence"))
     shapes = {"input_ids": {0: batch, 1: new}, "attention_mask": {0: batch, 1: torch.export.Dim.AUTO},
@@ -106,10 +121,23 @@ def export_onnx(model, path: str | Path, *, name: str, opset: int = 18) -> dict:
                                     output_names=output_names(layers), optimize=True, verbose=False)
     program.model.graph.inputs[1].shape = _mask_shape(program)
     proto = program.model_proto
-    meta = identity(model, name)
     _set_metadata(proto, meta)
-    atomic_write_bytes(path, proto.SerializeToString())
+    data = proto.SerializeToString()
+    atomic_write_bytes(path, data)
+    if cached is not None:
+        atomic_write_bytes(cached, data)
     return meta
+
+
+def cache_file(model, meta: dict[str, str], opset: int) -> Path:
+    """Where the export of `model` is cached: a new key whenever the weights, the config, the name, the
+    opset, torch or the ONNX packages, or the source of any traced module (or of this exporter) change."""
+    versions = {package: importlib.metadata.version(package) for package in ("torch", "onnx", "onnxscript")}
+    digest = hashlib.sha256(json.dumps({"meta": meta, "opset": opset, "versions": versions}, sort_keys=True).encode())
+    sources = {inspect.getsourcefile(type(m)) for m in CachedLM(model).modules()} | {__file__, graph.__file__}
+    for source in sorted(sources):
+        digest.update(Path(source).read_bytes())
+    return cache_root() / "onnx" / f"{digest.hexdigest()[:24]}.onnx"
 
 
 def _mask_shape(program):
