@@ -153,3 +153,17 @@ def test_logprobs_through_the_engine(tiny):
             seq.append(lp.token_id)
     (plain,) = engine.generate([prompt], SamplingParams(max_tokens=2, ignore_eos=True))
     assert plain.new_logprobs is None
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("where", [0, 777, 999])
+def test_a_nan_anywhere_in_a_row_is_an_error(temperature, where):
+    from workbench.engine.sampling import SamplingError
+
+    logits = torch.randn(3, 1000)
+    logits[1, where] = float("nan")
+    sampler = Sampler(SamplingParams(temperature=temperature, seed=0), [[0], [0], [0]], 1000, "cpu")
+    with pytest.raises(SamplingError, match="NaN"):
+        sampler(logits)
+    logits[1, where] = 0.0
+    assert sampler(logits).shape == (3,)

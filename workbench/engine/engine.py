@@ -41,7 +41,7 @@ from .batching import Policy
 from .detokenizer import Detokenizer
 from .generate import _prompt_ids
 from .paged import BlockManager, BlockPool, PagedKVCache, pool_too_small
-from .sampling import Sampler, SamplingError, SamplingParams, TokenLogprob, token_logprobs
+from .sampling import Sampler, SamplingError, SamplingParams, TokenLogprob, nan_rows, token_logprobs
 from .scheduler import Scheduler, Sequence
 
 BATCH_HISTORY = 4096  # steps whose batch size `EngineStats.batch_sizes` keeps
@@ -318,10 +318,11 @@ class Engine:
         if not ready:
             return []
         rows = logits[[i for i, _ in ready]]
-        nan = torch.isnan(rows).any(-1).tolist()
-        plain = [j for j, (_, s) in enumerate(ready) if s.params.greedy and not s.params.processes_logits
-                 and not nan[j]]
-        picked = dict(zip(plain, rows[plain].argmax(-1).tolist())) if plain else {}
+        top = rows.argmax(-1)
+        nan = nan_rows(rows, top).tolist()
+        top = top.tolist()
+        picked = {j: top[j] for j, (_, s) in enumerate(ready) if s.params.greedy and not s.params.processes_logits
+                  and not nan[j]}
         now, outputs = clock(), []
         for j, (_, seq) in enumerate(ready):
             try:

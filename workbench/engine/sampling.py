@@ -142,6 +142,14 @@ def _token_key(key):
     return key
 
 
+def nan_rows(logits: torch.Tensor, argmax: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) bool: the rows of (B, V) `logits` that hold a NaN. Given their argmax, only the picked
+    logits are read: argmax propagates NaN (it picks one wherever a row holds one)."""
+    if argmax is None:
+        return torch.isnan(logits).any(-1)
+    return torch.isnan(logits.gather(-1, argmax[:, None]))[:, 0]
+
+
 class SamplingError(RuntimeError):
     """The logits of one sequence cannot be sampled (NaN); the engine fails that request alone."""
 
@@ -200,11 +208,11 @@ class Sampler:
         """(B, V) logits -> (B,) token ids. Raises SamplingError on NaN logits."""
         p = self.params
         logits = self.process(logits)
-        if torch.isnan(logits).any():
-            raise SamplingError("the model produced NaN logits")
         if p.greedy:
             tokens = logits.argmax(-1)
-        else:
+        if nan_rows(logits, tokens if p.greedy else None).any():
+            raise SamplingError("the model produced NaN logits")
+        if not p.greedy:
             tokens = self._sample(logits / p.temperature)
         self.record(tokens)
         return tokens
