@@ -9,7 +9,7 @@ from torch import nn
 from workbench import kernels, load_model
 from workbench.errors import InvalidParameterError
 from workbench.quant import SPECS, fake_quantize, quantize_
-from workbench.quant.linear import GGUFBlockLinear, Int4WeightOnlyLinear, Int8WeightOnlyLinear, W8A8Linear
+from workbench.quant.linear import GGUFBlockLinear, Int4WeightOnlyLinear, Int8WeightOnlyLinear, W8A8Linear, int8_matmul
 from workbench.settings import pick
 
 
@@ -98,3 +98,12 @@ def test_unknown_spec_lists_valid_ones():
     model, _ = load_model("tiny-random")
     with pytest.raises(InvalidParameterError, match="int4-g128"):
         quantize_(model, "int3")
+
+
+@pytest.mark.parametrize("k", [1, 576, 1536, 4096])
+def test_int8_matmul_is_exact(k):
+    a = torch.randint(-128, 128, (5, k), dtype=torch.int8)
+    b = torch.randint(-128, 128, (k, 7), dtype=torch.int8)
+    a[0], b[:, 0] = -128, -128          # the largest sum: every product +2**14
+    assert torch.equal(int8_matmul(a, b), (a.long() @ b.long()).int())   # integer arithmetic throughout
+    assert int8_matmul(a, b)[0, 0].item() == k * 2 ** 14

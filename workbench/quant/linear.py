@@ -2,7 +2,7 @@
 
 Every class keeps its weight in its integer form (int8, two int4 per byte, or raw GGUF blocks),
 so model bytes in memory and on disk shrink. `forward` computes through PyTorch ops that exist
-today (dequantize, then `F.linear`; `torch._int_mm` for W8A8). That is the kernel seam: for a few
+today (dequantize, then `F.linear`; exact int8 products for W8A8, `int8_matmul`). That is the kernel seam: for a few
 rows of x (decoding), the int8, int4 and GGUF-block layers call our C++ kernels (`workbench.kernels`),
 which read the packed weight once and never materialise the float matrix; with int8 activations
 (AVX-512 VNNI) they take prompts too, on weight tiles (`kernels.weight_tiles`).
@@ -125,6 +125,15 @@ class Int4WeightOnlyLinear(QuantizedLinear):
         return super().forward(x) if y is None else y
 
 
+def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(m, k) int8 @ (k, n) int8 -> (m, n) int32, exact, like `torch._int_mm`. On a CPU the product
+    runs in float64, which holds every integer sum of int8 products exactly (|sum| <= k * 2**14, far
+    below 2**53) whatever the order of addition: PyTorch's CPU `_int_mm` is tens of times slower."""
+    if a.device.type != "cpu":
+        return torch._int_mm(a, b)
+    return (a.double() @ b.double()).to(torch.int32)
+
+
 class W8A8Linear(Int8WeightOnlyLinear):
     """int8 weights (per output channel) and int8 activations quantized on the fly per token
     (symmetric, scale = max|x_token| / 127); the product accumulates exactly in int32."""
@@ -134,7 +143,7 @@ class W8A8Linear(Int8WeightOnlyLinear):
 
     def __init__(self, weight: torch.Tensor, observer="minmax"):
         super().__init__(weight, observer)
-        self.register_buffer("qweight_t", self.qweight.t().contiguous())  # (in, out) for _int_mm
+        self.register_buffer("qweight_t", self.qweight.t().contiguous())  # (in, out) for int8_matmul
         del self.qweight
 
     def kernel_spec(self):  # int8 activations: not a product the kernels compute
@@ -147,8 +156,7 @@ class W8A8Linear(Int8WeightOnlyLinear):
         flat = x.reshape(-1, self.in_features).float()
         x_scale = flat.abs().amax(-1, keepdim=True).clamp(min=1e-8) / 127
         x_q = torch.round(flat / x_scale).clamp(-127, 127).to(torch.int8)
-        acc = torch._int_mm(x_q, self.qweight_t) if x_q.shape[0] > 0 else flat.new_zeros(0, self.out_features)
-        out = acc.float() * x_scale * self.scale.reshape(1, -1)
+        out = int8_matmul(x_q, self.qweight_t).float() * x_scale * self.scale.reshape(1, -1)
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
