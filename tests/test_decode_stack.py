@@ -75,7 +75,7 @@ def assert_native_matches(model, prompts, steps=5, **tolerance):
 
 
 def tolerance(quant):
-    """4-bit layers round activations to int8 where the CPU has VNNI: a last-bit difference upstream
+    """4-bit layers round activations to int8 where tiles run: a last-bit difference upstream
     (exp, summation order) can move one rounding step of 1/127 of a block's largest activation."""
     rounds = quant and quant.startswith(("int4", "q4_")) and kernels.quantized_activations() == "int8"
     return dict(rtol=1e-2, atol=1e-2) if rounds else dict(rtol=1e-4, atol=1e-4)
@@ -170,7 +170,7 @@ def test_a_replaced_module_rebuilds_the_plan(ops):
 def test_weights_written_in_place_rebuild_the_tiles(ops):
     """The stack holds a copy of 4-bit weights (tiles): writing the blocks in place must reach it."""
     if not ops.tiles_fit():
-        pytest.skip("weight tiles need AVX-512 VNNI")
+        pytest.skip("weight tiles need AVX2")
     model = small_model()
     quantize_(model, "q4_0")
     kernels.enable(model)

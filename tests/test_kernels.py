@@ -196,7 +196,7 @@ def test_int4_activation_modes_route_and_validate(ops):
         check(fits(x), fits.dequantized_weight(), x, int4_magnitudes(fits))
     with pytest.raises(InvalidParameterError, match="quantized activations"):
         kernels.set_quantized_activations("int2")
-    assert kernels.quantized_activations() == ("int8" if ops.has_vnni() else "float")
+    assert kernels.quantized_activations() == ("int8" if ops.tiles_fit() else "float")
     with pytest.raises(RuntimeError, match="group size"):
         ops.int4_q8(x[:, :96], ragged.packed, ragged.scale, ragged.zero_point, 16, 96)
 
@@ -288,12 +288,12 @@ def test_layers_route_small_batches_to_kernels_and_large_ones_to_pytorch(ops):
                          ids=["q4_0", "q4_1", "int4-g32", "int4-g128", "q8_0", "int8"])
 @torch.inference_mode()
 def test_tiles_compute_a_prompt_exactly_as_decode_steps(ops, threads, make):
-    """Int8 activations on weight tiles (16 rows each, AVX-512 VNNI): against the 4-bit row kernels
+    """Int8 activations on weight tiles (16 rows each, AVX-512 VNNI or AVX2): against the 4-bit row kernels
     and the float64 product of the rounded x with the dequantized weights, for any number of rows, and
     each row of a prompt bit for bit what it is alone; 203 rows (a part tile), 576 inputs (int4-g128:
     a short last group)."""
     if not ops.tiles_fit():
-        pytest.skip("weight tiles need AVX-512 VNNI")
+        pytest.skip("weight tiles need AVX2")
     gen = torch.Generator().manual_seed(5)
     layer = make(torch.randn(203, 576, generator=gen) * 0.02)
     x = torch.randn(37, 576, generator=gen) * torch.rand(1, 576, generator=gen) * 8
@@ -324,6 +324,27 @@ def test_tiles_compute_a_prompt_exactly_as_decode_steps(ops, threads, make):
                 getattr(layer, name).add_(0)
                 assert kernels.weight_tiles(layer) is not tiles
                 tiles = kernels.weight_tiles(layer)
+
+
+@torch.inference_mode()
+def test_8bit_tiles_are_exact_at_the_ends_of_their_integers(ops, threads):
+    """Weights -128 and 127 against inputs that round to -127 and 127: AVX2 has no vpdpbusd, and its
+    byte products (vpmaddubsw) saturate at 32767 for a pair unless taken as |q| times the sign-moved
+    input. The integer sums are then exact, so the product is the float64 one to float32 rounding."""
+    if not ops.tiles_fit():
+        pytest.skip("weight tiles need AVX2")
+    layer = Int8WeightOnlyLinear(torch.randn(24, 64))
+    q = torch.full((24, 64), -128, dtype=torch.int8)
+    q[1::2] = 127
+    q[2::3, 1::2] = -127
+    layer.qweight = q
+    x = torch.ones(3, 64)
+    x[1] = -1
+    x[2, ::2] = -1
+    with kernels.using_quantized_activations("int8"):
+        y = layer(x)
+    exact = x.double() @ (q.double() * layer.scale.double()).T  # x rounds to +-127 * (1 / 127) exactly
+    torch.testing.assert_close(y.double(), exact, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("rows, N, K", [(1, 5, 32), (37, 203, 576), (200, 64, 96), (600, 40, 1536)])

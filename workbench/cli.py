@@ -42,7 +42,7 @@ def _model_args(p: argparse.ArgumentParser):
     p.add_argument("--quantized-activations", choices=["auto", "int8", "float"], default="auto",
                    help="quantized layers on our kernels (int8, int4, Q8_0, Q4_0, Q4_1): round activations to int8 per 32 "
                         "inputs (integer dot products) or keep them float (default auto: int8 where the CPU has "
-                        "AVX-512 VNNI)")
+                        "AVX2 or AVX-512 VNNI)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -113,7 +113,7 @@ def _group_equal_lengths(spans, batch_size):
 
 def weight_only_perplexity(model, text_or_ids, tokenizer=None, **kwargs) -> PerplexityResult:
     """`perplexity` with quantized layers multiplying float activations: the quality of the weights
-    alone, the same on every CPU. (Where the CPU has AVX-512 VNNI our kernels round quantized layers'
+    alone, the same on every CPU. (Where the CPU has AVX2 our kernels round quantized layers'
     activations to int8 by default; `benchmarks/quantization_ppl.py --decode-chunks` measures that arithmetic.)
     The quantization tables and the study record this figure."""
     from .. import kernels

@@ -17,11 +17,12 @@ Where they apply (all on CPU, inference only, a few rows of x):
 
 One exception to float activations, like llama.cpp's quantized dot products: quantized layers (int8,
 int4, GGUF Q8_0 / Q4_0 / Q4_1 blocks) round the activation row to int8 per block of 32 inputs (scale
-max|x| / 127) and multiply on integer dot products (AVX-512 VNNI, on weight tiles: `weight_tiles`),
-which reads each weight once and multiplies 64 of them per instruction. It is on where the CPU has
-VNNI; `set_quantized_activations("float")` or `WORKBENCH_QUANTIZED_ACTIVATIONS=float` keeps them
+max|x| / 127) and multiply on integer dot products (on weight tiles, `weight_tiles`: AVX-512 VNNI, or AVX2's
+byte products with the same results),
+which reads each weight once and multiplies 64 of them per instruction (32 per two on AVX2). It is
+on where tiles run (AVX2 or AVX-512); `set_quantized_activations("float")` or `WORKBENCH_QUANTIZED_ACTIVATIONS=float` keeps them
 float32 (exact weight-only), "int8" forces the rounding where a kernel can (4-bit layers: a portable
-loop without VNNI; 8-bit layers only round on tiles).
+loop without tiles; 8-bit layers only round on tiles).
 
 A whole decode step's layers can also run in one native call (`stack.py`, `csrc/stack.h`): the same
 maths and kernels, without PyTorch dispatching a dozen small operations per layer from Python, which
@@ -65,7 +66,7 @@ _DENSE_DTYPES = (torch.float32, torch.bfloat16, torch.int8)
 
 _enabled = True
 QUANTIZED_ACTIVATIONS = ("int8", "float")
-_quantized_activations: str | None = None  # None: not chosen yet (the environment, else int8 where the CPU has VNNI)
+_quantized_activations: str | None = None  # None: not chosen yet (the environment, else int8 where tiles run)
 
 
 def set_enabled(flag: bool):
@@ -87,9 +88,9 @@ def disabled():
 
 def set_quantized_activations(mode: str | None):
     """How quantized layers (int8, int4, GGUF Q8_0 / Q4_0 / Q4_1) treat activations on the kernel path:
-    "int8" (rounded per block of 32, integer dot products; with AVX-512 VNNI at every number of rows,
+    "int8" (rounded per block of 32, integer dot products; on weight tiles at every number of rows,
     prompts included, see `weight_tiles`), "float" (exact weight-only), or None (the default: int8 where
-    the CPU has VNNI)."""
+    tiles run: AVX2 or AVX-512 VNNI)."""
     global _quantized_activations
     if mode is not None and mode not in QUANTIZED_ACTIVATIONS:
         raise InvalidParameterError(f"quantized activations must be one of {QUANTIZED_ACTIVATIONS} or None, got {mode!r}")
@@ -117,7 +118,7 @@ def quantized_activations() -> str:
             raise InvalidParameterError(
                 f"WORKBENCH_QUANTIZED_ACTIVATIONS must be one of {QUANTIZED_ACTIVATIONS}, got {mode!r}")
         ops = build.load() if not mode else None
-        _quantized_activations = mode or ("int8" if ops is not None and ops.has_vnni() else "float")
+        _quantized_activations = mode or ("int8" if ops is not None and ops.tiles_fit() else "float")
     return _quantized_activations
 
 
@@ -188,7 +189,7 @@ def gguf_kernel(ops, type_id: int, in_features: int) -> str:
 def weight_tiles(layer) -> torch.Tensor | None:
     """A quantized layer's weights regrouped 16 rows per tile (`csrc/gguf_q8.h`) for the int8-activation
     product `tiles_q8`: int8, int4 and GGUF Q8_0 / Q4_0 / Q4_1 layers, from what their `kernel_spec()`
-    names. None where it does not run (float activations, no AVX-512 VNNI, a layout it does not cover).
+    names. None where it does not run (float activations, no AVX2, a layout it does not cover).
     Built at first use and kept on the layer (as many bytes again as its weights; Q8_0 and int4: plus
     a float32 scale per row and block of 32); rebuilt when a weight tensor is replaced or written in
     place."""

@@ -5,7 +5,7 @@ so model bytes in memory and on disk shrink. `forward` computes through PyTorch 
 today (dequantize, then `F.linear`; exact int8 products for W8A8, `int8_matmul`). That is the kernel seam: for a few
 rows of x (decoding), the int8, int4 and GGUF-block layers call our C++ kernels (`workbench.kernels`),
 which read the packed weight once and never materialise the float matrix; with int8 activations
-(AVX-512 VNNI) they take prompts too, on weight tiles (`kernels.weight_tiles`).
+(AVX2 or AVX-512 VNNI) they take prompts too, on weight tiles (`kernels.weight_tiles`).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class QuantizedLinear(nn.Module):
 class Int8WeightOnlyLinear(QuantizedLinear):
     """int8 weights, symmetric, one float32 scale per output channel: w = q * scale.
 
-    Where the CPU has AVX-512 VNNI the kernel rounds x to int8 per block of 32 inputs and multiplies
+    Where the CPU has AVX2 the kernel rounds x to int8 per block of 32 inputs and multiplies
     on weight tiles, for any number of rows (see `workbench.kernels.set_quantized_activations`)."""
 
     format = "int8"
@@ -85,7 +85,7 @@ class Int4WeightOnlyLinear(QuantizedLinear):
     """4-bit weights, asymmetric per group of `group_size` inputs, packed two per byte:
     w = (q - zero_point) * scale; byte j of a row holds input 2j (low nibble) and 2j+1 (high).
 
-    Where the CPU has AVX-512 VNNI the kernel rounds x to int8 per block of 32 inputs (integer dot
+    Where the CPU has AVX2 the kernel rounds x to int8 per block of 32 inputs (integer dot
     products; see `workbench.kernels.set_quantized_activations`), on weight tiles for any number of rows,
     so a prompt is computed as its decode steps are; elsewhere, and with kernels off, float x
     multiplies the dequantized weight."""

@@ -34,7 +34,9 @@ using V = VecAVX512;
 #endif
 
 #include "int4_q8.h"
+#include "tiles.h"
 #include "gguf_q8.h"
+#include "tiles_avx2.h"
 #include "attention.h"
 #include "gemm_f32.h"
 #include "bf16_dot.h"
@@ -77,10 +79,19 @@ static const bool has_vnni_cached = has_vnni();
 
 static std::string get_backend() { return BACKEND_NAMES[g_backend]; }
 
-// Whether weight tiles and the VNNI paths of the int8-activation kernels run here.
-static bool tiles_fit() {
+// Whether the int8-activation kernels run on AVX-512 VNNI here (gguf_q8.h, int4_q8.h).
+static bool vnni_runs() {
 #ifdef WB_X86
   return g_backend == AVX512 && has_vnni_cached;
+#else
+  return false;
+#endif
+}
+
+// Whether weight tiles and tiles_q8 run here: on VNNI, else on AVX2 (tiles_avx2.h), with the same results.
+static bool tiles_fit() {
+#ifdef WB_X86
+  return g_backend >= AVX2;
 #else
   return false;
 #endif
@@ -306,7 +317,7 @@ static at::Tensor int4_q8(const at::Tensor& x_, const at::Tensor& packed, const 
   float* lane_scale = scratch.data_ptr<float>();
   float* xsum = lane_scale + rows * (Kp / q8::LANE);
   int8_t* xq = (int8_t*)(xsum + rows * groups);
-  const bool vnni = tiles_fit();
+  const bool vnni = vnni_runs();
   for (int64_t m = 0; m < rows; ++m) {
     const float* xm = x.data_ptr<float>() + m * K;
     float* lm = lane_scale + m * (Kp / q8::LANE);
@@ -375,18 +386,20 @@ static void check_gguf_q8(const at::Tensor& raw, int64_t type, int64_t K) {
               " blocks per row");
 }
 
-// x rounded to int8 per block of 32, as the gguf_q8 kernels take it: dx, xsum, the integer sums,
-// then the int8 rows (pointers into `scratch`, which owns them).
+// x rounded to int8 per block of 32, as the gguf_q8 and tiles kernels take it: dx, xsum, the integer
+// sums, then the int8 rows (pointers into `scratch`, which owns them). The three quantizers give the
+// same bytes; the fastest one the CPU runs is used.
 struct RowsQ8 {
   at::Tensor scratch;
   float *dx, *xsum;
   int32_t* isum;
   int8_t* xq;
-  RowsQ8(const at::Tensor& x, int64_t rows, int64_t K, bool vnni) {
+  RowsQ8(const at::Tensor& x, int64_t rows, int64_t K) {
     const int64_t blocks = K / 32;
     scratch = at::empty({rows * (3 * blocks + K / 4)}, x.options());
     dx = scratch.data_ptr<float>(), xsum = dx + rows * blocks, isum = (int32_t*)(xsum + rows * blocks);
     xq = (int8_t*)(isum + rows * blocks);
+    const bool vnni = vnni_runs(), avx2 = g_backend >= AVX2;
     for (int64_t m = 0; m < rows; ++m) {
       const float* xm = x.data_ptr<float>() + m * K;
       const int64_t at = m * blocks;
@@ -395,7 +408,12 @@ struct RowsQ8 {
         blocks_q8_vnni::quantize_row(xm, K, xq + m * K, dx + at, xsum + at, isum + at);
         continue;
       }
+      if (avx2) {
+        tiles_avx2::quantize_row(xm, K, xq + m * K, dx + at, xsum + at, isum + at);
+        continue;
+      }
 #endif
+      (void)avx2;
       blocks_q8::quantize_row(xm, K, xq + m * K, dx + at, xsum + at, isum + at);
     }
   }
@@ -410,14 +428,14 @@ static at::Tensor gguf_tiles(const at::Tensor& raw, int64_t type, int64_t K) {
   } else {
     check_gguf_q8(raw, type, K);
   }
-  TORCH_CHECK(tiles_fit(), "weight tiles need the AVX-512 backend on a CPU with VNNI");
+  TORCH_CHECK(tiles_fit(), "weight tiles need the AVX2 or AVX-512 backend");
   const int64_t N = raw.size(0);
-  at::Tensor out = at::empty({(N + 15) / 16, K / 32 * blocks_q8_vnni::tile_block_bytes(
-                                                 type == 0 ? blocks_q8_vnni::BYTES_F32 : blocks_q8_vnni::NIBBLES_F16)},
+  at::Tensor out = at::empty({(N + 15) / 16, K / 32 * tile_layout::tile_block_bytes(
+                                                 type == 0 ? tile_layout::BYTES_F32 : tile_layout::NIBBLES_F16)},
                              raw.options());
 #ifdef WB_X86
-  if (type == 0) blocks_q8_vnni::make_q8_0_tiles(raw.data_ptr<uint8_t>(), N, K, out.data_ptr<uint8_t>());
-  else blocks_q8_vnni::make_tiles(type, raw.data_ptr<uint8_t>(), N, K, out.data_ptr<uint8_t>());
+  if (type == 0) tile_layout::make_q8_0_tiles(raw.data_ptr<uint8_t>(), N, K, out.data_ptr<uint8_t>());
+  else tile_layout::make_tiles(type, raw.data_ptr<uint8_t>(), N, K, out.data_ptr<uint8_t>());
 #endif
   return out;
 }
@@ -426,12 +444,12 @@ static at::Tensor gguf_tiles(const at::Tensor& raw, int64_t type, int64_t K) {
 static at::Tensor int8_tiles(const at::Tensor& q) {
   TORCH_CHECK(q.scalar_type() == at::kChar && q.dim() == 2 && q.is_contiguous() && q.size(1) % 32 == 0,
               "int8 tiles need a contiguous int8 matrix of rows of whole blocks of 32, got ", q.sizes());
-  TORCH_CHECK(tiles_fit(), "weight tiles need the AVX-512 backend on a CPU with VNNI");
+  TORCH_CHECK(tiles_fit(), "weight tiles need the AVX2 or AVX-512 backend");
   const int64_t N = q.size(0), K = q.size(1);
-  at::Tensor out = at::empty({(N + 15) / 16, K / 32 * blocks_q8_vnni::tile_block_bytes(blocks_q8_vnni::BYTES)},
+  at::Tensor out = at::empty({(N + 15) / 16, K / 32 * tile_layout::tile_block_bytes(tile_layout::BYTES)},
                              q.options().dtype(at::kByte));
 #ifdef WB_X86
-  blocks_q8_vnni::make_int8_tiles(q.data_ptr<int8_t>(), N, K, out.data_ptr<uint8_t>());
+  tile_layout::make_int8_tiles(q.data_ptr<int8_t>(), N, K, out.data_ptr<uint8_t>());
 #endif
   return out;
 }
@@ -446,11 +464,11 @@ static at::Tensor int4_tiles(const at::Tensor& packed, const at::Tensor& scale_,
   const int64_t Kp = check_int4(packed, scale, zero, G, K), N = packed.size(0);
   TORCH_CHECK(int4_tiles_fit(G, K, Kp), "int4 tiles need a group size and ", K, " inputs that are multiples of 32, "
               "got group size ", G);
-  TORCH_CHECK(tiles_fit(), "weight tiles need the AVX-512 backend on a CPU with VNNI");
-  at::Tensor out = at::empty({(N + 15) / 16, K / 32 * blocks_q8_vnni::tile_block_bytes(blocks_q8_vnni::NIBBLES_F32)},
+  TORCH_CHECK(tiles_fit(), "weight tiles need the AVX2 or AVX-512 backend");
+  at::Tensor out = at::empty({(N + 15) / 16, K / 32 * tile_layout::tile_block_bytes(tile_layout::NIBBLES_F32)},
                              packed.options());
 #ifdef WB_X86
-  blocks_q8_vnni::make_int4_tiles(packed.data_ptr<uint8_t>(), scale.data_ptr<float>(), zero.data_ptr<uint8_t>(), N,
+  tile_layout::make_int4_tiles(packed.data_ptr<uint8_t>(), scale.data_ptr<float>(), zero.data_ptr<uint8_t>(), N,
                                   K, Kp, G, out.data_ptr<uint8_t>());
 #endif
   return out;
@@ -459,14 +477,14 @@ static at::Tensor int4_tiles(const at::Tensor& packed, const at::Tensor& scale_,
 // Which layout an N-row weight's tiles of rows of K weights hold (gguf_tiles, int4_tiles or int8_tiles:
 // their row length says which); an error where they hold none.
 static int tile_kind(const at::Tensor& tiles, int64_t K, int64_t N) {
-  TORCH_CHECK(tiles_fit(), "weight tiles need the AVX-512 backend on a CPU with VNNI");
+  TORCH_CHECK(tiles_fit(), "weight tiles need the AVX2 or AVX-512 backend");
   TORCH_CHECK(K % 32 == 0 && tiles.scalar_type() == at::kByte && tiles.dim() == 2 && tiles.is_contiguous() &&
               tiles.size(0) == (N + 15) / 16, "weight tiles of ", tiles.sizes(), " do not hold ", N, " rows");
   int kind = -1;
 #ifdef WB_X86
-  for (int k : {blocks_q8_vnni::NIBBLES_F16, blocks_q8_vnni::NIBBLES_F32, blocks_q8_vnni::BYTES_F32,
-                blocks_q8_vnni::BYTES})
-    if (tiles.size(1) == K / 32 * blocks_q8_vnni::tile_block_bytes(k)) kind = k;
+  for (int k : {tile_layout::NIBBLES_F16, tile_layout::NIBBLES_F32, tile_layout::BYTES_F32,
+                tile_layout::BYTES})
+    if (tiles.size(1) == K / 32 * tile_layout::tile_block_bytes(k)) kind = k;
 #endif
   TORCH_CHECK(kind >= 0, "weight tiles of ", tiles.sizes(), " do not hold rows of ", K, " weights");
   return kind;
@@ -480,13 +498,16 @@ static void tiles_range(int kind, const at::Tensor& tiles, const float* row_scal
   const uint8_t* tp = tiles.data_ptr<uint8_t>();
   const int64_t at = m0 * (K / 32);
   const int8_t* xq = q.xq + m0 * K;
-#define WB_TILES(KIND) \
-  return blocks_q8_vnni::tiles_rows<KIND>(tp, xq, q.dx + at, q.xsum + at, q.isum + at, row_scale, y, M, N, K, t0, t1)
+#define WB_TILES(KIND)                                                                                         \
+  if (vnni_runs())                                                                                               \
+    return blocks_q8_vnni::tiles_rows<KIND>(tp, xq, q.dx + at, q.xsum + at, q.isum + at, row_scale, y, M, N, K, t0, \
+                                            t1);                                                                 \
+  return tiles_avx2::tiles_rows<KIND>(tp, xq, q.dx + at, q.xsum + at, row_scale, y, M, N, K, t0, t1)
   switch (kind) {
-    case blocks_q8_vnni::NIBBLES_F16: WB_TILES(blocks_q8_vnni::NIBBLES_F16);
-    case blocks_q8_vnni::NIBBLES_F32: WB_TILES(blocks_q8_vnni::NIBBLES_F32);
-    case blocks_q8_vnni::BYTES_F32: WB_TILES(blocks_q8_vnni::BYTES_F32);
-    default: WB_TILES(blocks_q8_vnni::BYTES);
+    case tile_layout::NIBBLES_F16: WB_TILES(tile_layout::NIBBLES_F16);
+    case tile_layout::NIBBLES_F32: WB_TILES(tile_layout::NIBBLES_F32);
+    case tile_layout::BYTES_F32: WB_TILES(tile_layout::BYTES_F32);
+    default: WB_TILES(tile_layout::BYTES);
   }
 #undef WB_TILES
 #endif
@@ -495,7 +516,7 @@ static void tiles_range(int kind, const at::Tensor& tiles, const float* row_scal
 // The rows' scales int8 tiles need (float32, N of them), checked; null for the other layouts.
 static at::Tensor tile_scales(int kind, const c10::optional<at::Tensor>& scale, int64_t N) {
 #ifdef WB_X86
-  if (kind != blocks_q8_vnni::BYTES) return at::Tensor();
+  if (kind != tile_layout::BYTES) return at::Tensor();
 #endif
   TORCH_CHECK(scale.has_value() && scale->numel() == N, "int8 tiles need the layer's ", N, " row scales");
   return scale->to(at::kFloat).contiguous();
@@ -511,7 +532,7 @@ static at::Tensor tiles_q8(const at::Tensor& x_, const at::Tensor& tiles, int64_
   check_x(x_, K);
   const at::Tensor x = as_float(x_);
   const int64_t rows = x.numel() / K;
-  const RowsQ8 q(x, rows, K, true);
+  const RowsQ8 q(x, rows, K);
   at::Tensor y = new_output(x_, N);
   // Rows in blocks of 256 (up to 384 KB of int8 x), so that the rows every tile passes over stay in L2.
   for (int64_t m0 = 0; m0 < rows; m0 += 256) {
@@ -530,8 +551,8 @@ static at::Tensor gguf_q8(const at::Tensor& x_, const at::Tensor& raw, int64_t t
   check_x(x_, K);
   const at::Tensor x = as_float(x_);
   const int64_t rows = x.numel() / K, N = raw.size(0), blocks = K / 32;
-  const bool vnni = tiles_fit();
-  const RowsQ8 q(x, rows, K, vnni);
+  const bool vnni = vnni_runs();
+  const RowsQ8 q(x, rows, K);
   const float *dx = q.dx, *xsum = q.xsum;
   const int8_t* xq = q.xq;
   at::Tensor y = new_output(x_, N);
@@ -779,7 +800,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("in_features"), py::arg("padded_in_features"));
   m.def("tiles_q8", &tiles_q8, "x rounded to int8 per block of 32 times weight tiles, any number of rows",
         py::arg("x"), py::arg("tiles"), py::arg("in_features"), py::arg("out_features"), py::arg("scale") = py::none());
-  m.def("tiles_fit", &tiles_fit, "whether weight tiles and tiles_q8 run here (AVX-512 VNNI)");
+  m.def("tiles_fit", &tiles_fit, "whether weight tiles and tiles_q8 run here (AVX-512 VNNI or AVX2)");
   m.def("gguf_q8_fits", &blocks_q8::fits, "whether gguf_q8 covers this block type and row length", py::arg("type"),
         py::arg("in_features"));
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 or bfloat16 rows", py::arg("x"), py::arg("weight"), py::arg("eps"));

@@ -106,7 +106,7 @@ static void products(std::initializer_list<const LinearOp*> ops, const at::Tenso
     }, align);
   };
   if (first == LinearOp::TILES_Q8) {  // decode-size rows (the stack takes up to 16)
-    const RowsQ8 q(x, rows, K, true);
+    const RowsQ8 q(x, rows, K);
     int64_t tiles = 0;
     for (const LinearOp* op : ops) tiles += op->w.size(0);
     split(tiles, (*ops.begin())->w.size(1) * std::max<int64_t>(1, rows / 4), 1,
