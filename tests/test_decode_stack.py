@@ -111,7 +111,7 @@ def test_a_prompt_in_one_pass_is_its_chunks_bit_for_bit(ops, threads, quant):
     decode step would, the stack uses PyTorch's silu), so a perplexity through the decode path is the
     whole-window one."""
     if not ops.decode_attention_fits(64, 2) or not ops.tiles_fit():
-        pytest.skip("the attention kernel and weight tiles need AVX-512 (VNNI)")
+        pytest.skip("the attention kernel and weight tiles need AVX2")
     kernels.set_quantized_activations("int8")
     model = small_model()
     if quant:

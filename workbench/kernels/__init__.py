@@ -12,17 +12,17 @@ Where they apply (all on CPU, inference only, a few rows of x):
 * the packed layers of `workbench.quant` (int8, int4, Q8_0/Q4_0/Q4_1) use them on their own, for
   any number of rows where they run on weight tiles (below);
 * the rest of a decode step, after `enable(model)`: RMSNorm, rotary embeddings and attention of one
-  new token per sequence over its KV cache (float32 or bfloat16; attention on the AVX-512 backend).
+  new token per sequence over its KV cache (float32 or bfloat16; attention on AVX2 or AVX-512).
   PyTorch spends more time per call on these small operations than on their arithmetic.
 
 One exception to float activations, like llama.cpp's quantized dot products: quantized layers (int8,
 int4, GGUF Q8_0 / Q4_0 / Q4_1 blocks) round the activation row to int8 per block of 32 inputs (scale
-max|x| / 127) and multiply on integer dot products (on weight tiles, `weight_tiles`: AVX-512 VNNI, or AVX2's
-byte products with the same results),
-which reads each weight once and multiplies 64 of them per instruction (32 per two on AVX2). It is
-on where tiles run (AVX2 or AVX-512); `set_quantized_activations("float")` or `WORKBENCH_QUANTIZED_ACTIVATIONS=float` keeps them
-float32 (exact weight-only), "int8" forces the rounding where a kernel can (4-bit layers: a portable
-loop without tiles; 8-bit layers only round on tiles).
+max|x| / 127) and multiply on integer dot products on weight tiles (`weight_tiles`): AVX-512 VNNI, 64
+products per instruction, or AVX2's byte products with the same results. Each weight is read once.
+It is on wherever tiles run (AVX2 or AVX-512); `set_quantized_activations("float")` or
+`WORKBENCH_QUANTIZED_ACTIVATIONS=float` keeps them float32 (exact weight-only), "int8" forces the
+rounding where a kernel can (4-bit layers: a portable loop without tiles; 8-bit layers only round on
+tiles).
 
 A whole decode step's layers can also run in one native call (`stack.py`, `csrc/stack.h`): the same
 maths and kernels, without PyTorch dispatching a dozen small operations per layer from Python, which
@@ -299,7 +299,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 
 
 def attention_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
-    """`model.attention` for one query per sequence on our kernel (AVX-512), or None when it does not apply."""
+    """`model.attention` for one query per sequence on our kernel (AVX2 or AVX-512), or None when it does not apply."""
     ops = _decode_ops(q, k, v) if q.dim() == 4 and q.shape[2] == 1 and k.dim() == 4 else None
     if (ops is None or not ops.decode_attention_fits(q.shape[-1], q.shape[1] // k.shape[1])
             or k.stride(-1) != 1 or k.stride() != v.stride() or q.stride(-1) != 1

@@ -24,7 +24,7 @@ from ..io import locked
 from ..settings import cache_root
 
 SOURCES = ("matvec.cpp", "matvec_body.h", "vec.h", "int4_q8.h", "attention.h", "stack.h", "gguf_q8.h", "gemm_f32.h",
-           "bf16_dot.h", "tiles.h", "tiles_avx2.h")
+           "bf16_dot.h", "tiles.h", "tiles_avx2.h", "attention_avx2.h")
 CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"]  # instruction sets: per function, see vec.h
 LDFLAGS = ["-fopenmp"]
 CSRC = Path(__file__).with_name("csrc")

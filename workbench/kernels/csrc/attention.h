@@ -1,4 +1,5 @@
-// Decode attention: one new query per sequence over its cached keys and values (AVX-512).
+// Decode attention: one new query per sequence over its cached keys and values (AVX-512 here, AVX2 in
+// attention_avx2.h; both chunk kernels share the drivers at the end of this file).
 //
 // At decode time attention reads the whole KV cache once per step, like a matrix-vector product;
 // with a 512-token context it costs as much as a third of the weights' products, and PyTorch's
@@ -13,16 +14,28 @@
 // bool or none, out (B, 1, H * hd) float32. H is a multiple of KVH (at most 16 query
 // heads per KV head); hd is 32, 64 or 128 (`fits`).
 
-#ifdef WB_X86
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")  // as VecAVX512, so its loads inline
-namespace attn512 {
+namespace attn {
 
 constexpr int64_t CHUNK = 64, MAX_GROUP = 16;  // positions per chunk, query heads per KV head
 
 struct Strides {
   int64_t b, h, s;
 };
+
+// Head sizes with a compiled chunk (the caller falls back to PyTorch for others).
+static inline bool fits(int64_t hd, int64_t groups) {
+  return (hd == 32 || hd == 64 || hd == 128) && groups >= 1 && groups <= MAX_GROUP;
+}
+
+}  // namespace attn
+
+#ifdef WB_X86
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")  // as VecAVX512, so its loads inline
+namespace attn512 {
+
+using attn::CHUNK;
+using attn::MAX_GROUP;
 
 // e^x for x <= 0 (scores minus their maximum): x = n ln2 + r with |r| <= ln2 / 2, a degree-7 Taylor
 // polynomial in r (relative error below 1e-7), times 2^n with scalef.
@@ -149,10 +162,38 @@ static void chunk(const T* const* q, const T* k, const T* v, int64_t ks, const b
     if (m_out[g] == -INFINITY) std::fill(o_out + g * hd, o_out + (g + 1) * hd, 0.0f);
 }
 
-// Head sizes with a compiled chunk (the caller falls back to PyTorch for others).
-static inline bool fits(int64_t hd, int64_t groups) {
-  return (hd == 32 || hd == 64 || hd == 128) && groups >= 1 && groups <= MAX_GROUP;
+
+template <typename T>
+static inline void chunk_hd(const T* const* qg, const T* k, const T* v, int64_t ks, const bool* mrow, int64_t ms,
+                            int G, float scale, int64_t s0, int64_t s1, float* mt, float* lt, float* ot, int64_t hd) {
+  switch (hd) {
+    case 32: chunk<T, 2>(qg, k, v, ks, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
+    case 64: chunk<T, 4>(qg, k, v, ks, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
+    default: chunk<T, 8>(qg, k, v, ks, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
+  }
 }
+
+
+// The chunk kernel the drivers below take as a template argument.
+struct Kernel {
+  template <typename T>
+  static void chunk(const T* const* qg, const T* k, const T* v, int64_t ks, const bool* mrow, int64_t ms, int G,
+                    float scale, int64_t s0, int64_t s1, float* mt, float* lt, float* ot, int64_t hd) {
+    chunk_hd(qg, k, v, ks, mrow, ms, G, scale, s0, s1, mt, lt, ot, hd);
+  }
+};
+
+}  // namespace attn512
+#pragma GCC pop_options
+#endif
+
+// ---- the drivers, the same for every chunk kernel (attn512::Kernel, attn256::Kernel) ----
+// Compiled for AVX2 and FMA, the least a chunk kernel runs on, so that the merge's products and sums
+// round as they did inside the AVX-512 kernel (contracted to fused multiply-adds).
+#ifdef WB_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace attn {
 
 // One query head's output from its chunks' (max, sum, weighted values), m[c * G], l[c * G] and
 // o[(c * G) * hd] for c < chunks (pointers already at query head g): the online-softmax merge.
@@ -170,17 +211,7 @@ static void merge(const float* m, const float* l, const float* o, int64_t chunks
   for (int64_t i = 0; i < hd; ++i) y[i] *= inv;
 }
 
-template <typename T>
-static inline void chunk_hd(const T* const* qg, const T* k, const T* v, int64_t ks, const bool* mrow, int64_t ms,
-                            int G, float scale, int64_t s0, int64_t s1, float* mt, float* lt, float* ot, int64_t hd) {
-  switch (hd) {
-    case 32: chunk<T, 2>(qg, k, v, ks, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
-    case 64: chunk<T, 4>(qg, k, v, ks, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
-    default: chunk<T, 8>(qg, k, v, ks, mrow, ms, G, scale, s0, s1, mt, lt, ot); break;
-  }
-}
-
-template <typename T>
+template <class Kernel, typename T>
 static void decode(const T* q, Strides qs, const T* k, const T* v, Strides kvs, const bool* mask,
                    int64_t mb, int64_t ms, float* out, int64_t B, int64_t H, int64_t KVH, int64_t S, int64_t hd,
                    float scale) {
@@ -196,7 +227,7 @@ static void decode(const T* q, Strides qs, const T* k, const T* v, Strides kvs, 
     const int64_t head = b * kvs.b + h * kvs.h;
     const bool* mrow = mask ? mask + b * mb : nullptr;
     const int64_t s0 = c * CHUNK, s1 = std::min(S, s0 + CHUNK);
-    chunk_hd(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, s0, s1, &m[t * G], &l[t * G], &o[t * G * hd], hd);
+    Kernel::chunk(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, s0, s1, &m[t * G], &l[t * G], &o[t * G * hd], hd);
   }
   for (int64_t b = 0; b < B; ++b)  // merge the chunks of each query head
     for (int64_t h = 0; h < KVH; ++h)
@@ -212,7 +243,7 @@ static void decode(const T* q, Strides qs, const T* k, const T* v, Strides kvs, 
 // each query computed exactly as `decode` computes it alone at that position (the same chunks of
 // 64 positions, the same merge), so a prompt's attention is its decode steps' bit for bit.
 // out: (B, Tq, H * hd) float32.
-template <typename T>
+template <class Kernel, typename T>
 static void prefill(const T* q, Strides qs, int64_t qt, const T* k, const T* v, Strides kvs, const bool* mask,
                     int64_t mb, int64_t mt, int64_t ms, float* out, int64_t B, int64_t H, int64_t KVH, int64_t Tq,
                     int64_t start, int64_t hd, float scale) {
@@ -229,7 +260,7 @@ static void prefill(const T* q, Strides qs, int64_t qt, const T* k, const T* v, 
       for (int g = 0; g < G; ++g) qg[g] = q + b * qs.b + (h * G + g) * qs.h + i * qt;
       const bool* mrow = mask ? mask + b * mb + i * mt : nullptr;
       for (int64_t c = 0; c < chunks; ++c)
-        chunk_hd(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, c * CHUNK, std::min(S, c * CHUNK + CHUNK),
+        Kernel::chunk(qg, k + head, v + head, kvs.s, mrow, ms, G, scale, c * CHUNK, std::min(S, c * CHUNK + CHUNK),
                  &m[c * G], &l[c * G], &o[c * G * hd], hd);
       for (int g = 0; g < G; ++g)
         merge(&m[g], &l[g], &o[g * hd], chunks, G, hd, out + (b * Tq + i) * H * hd + (h * G + g) * hd);
@@ -237,6 +268,6 @@ static void prefill(const T* q, Strides qs, int64_t qt, const T* k, const T* v, 
   }
 }
 
-}  // namespace attn512
+}  // namespace attn
 #pragma GCC pop_options
 #endif

@@ -38,6 +38,7 @@ using V = VecAVX512;
 #include "gguf_q8.h"
 #include "tiles_avx2.h"
 #include "attention.h"
+#include "attention_avx2.h"
 #include "gemm_f32.h"
 #include "bf16_dot.h"
 
@@ -663,11 +664,15 @@ static at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Ten
 // Whether decode_attention covers this head size and query heads per KV head on this CPU.
 static bool decode_attention_fits(int64_t head_dim, int64_t groups) {
 #ifdef WB_X86
-  return g_backend == AVX512 && attn512::fits(head_dim, groups);
+  return g_backend >= AVX2 && attn::fits(head_dim, groups);
 #else
   return false;
 #endif
 }
+
+// attn::decode or attn::prefill (attention.h) on the chunk kernel of the backend that runs.
+#define WB_ATTENTION(FN, ...)                                                                          \
+  (g_backend == AVX512 ? attn::FN<attn512::Kernel>(__VA_ARGS__) : attn::FN<attn256::Kernel>(__VA_ARGS__))
 
 // One query per sequence (attention.h): q (B, H, 1, hd), k and v (B, KVH, S, hd), float32 or bfloat16
 // with a contiguous last axis, mask (B or 1, 1, 1, S) bool or none -> (B, 1, H * hd) in q's dtype.
@@ -694,14 +699,14 @@ static at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, con
   }
   at::Tensor out = at::empty({B, 1, H * hd}, q.options().dtype(at::kFloat));  // sums in float32
 #ifdef WB_X86
-  const attn512::Strides qs{q.stride(0), q.stride(1), 0}, kvs{k.stride(0), k.stride(1), k.stride(2)};
+  const attn::Strides qs{q.stride(0), q.stride(1), 0}, kvs{k.stride(0), k.stride(1), k.stride(2)};
   const float scale = 1.0f / std::sqrt((float)hd);
   if (q.scalar_type() == at::kFloat)
-    attn512::decode(q.data_ptr<float>(), qs, k.data_ptr<float>(), v.data_ptr<float>(), kvs, mp, mb, ms,
-                    out.data_ptr<float>(), B, H, KVH, S, hd, scale);
+    WB_ATTENTION(decode, q.data_ptr<float>(), qs, k.data_ptr<float>(), v.data_ptr<float>(), kvs, mp, mb, ms,
+                 out.data_ptr<float>(), B, H, KVH, S, hd, scale);
   else
-    attn512::decode((const uint16_t*)q.data_ptr(), qs, (const uint16_t*)k.data_ptr(), (const uint16_t*)v.data_ptr(),
-                    kvs, mp, mb, ms, out.data_ptr<float>(), B, H, KVH, S, hd, scale);
+    WB_ATTENTION(decode, (const uint16_t*)q.data_ptr(), qs, (const uint16_t*)k.data_ptr(),
+                 (const uint16_t*)v.data_ptr(), kvs, mp, mb, ms, out.data_ptr<float>(), B, H, KVH, S, hd, scale);
 #endif
   return finish(out, q);
 }
@@ -734,15 +739,15 @@ static at::Tensor prefill_attention(const at::Tensor& q, const at::Tensor& k, co
   }
   at::Tensor out = at::empty({B, T, H * hd}, q.options().dtype(at::kFloat));
 #ifdef WB_X86
-  const attn512::Strides qs{q.stride(0), q.stride(1), 0}, kvs{k.stride(0), k.stride(1), k.stride(2)};
+  const attn::Strides qs{q.stride(0), q.stride(1), 0}, kvs{k.stride(0), k.stride(1), k.stride(2)};
   const float scale = 1.0f / std::sqrt((float)hd);
   if (q.scalar_type() == at::kFloat)
-    attn512::prefill(q.data_ptr<float>(), qs, q.stride(2), k.data_ptr<float>(), v.data_ptr<float>(), kvs, mp, mb, mt,
-                     ms, out.data_ptr<float>(), B, H, KVH, T, S - T, hd, scale);
+    WB_ATTENTION(prefill, q.data_ptr<float>(), qs, q.stride(2), k.data_ptr<float>(), v.data_ptr<float>(), kvs, mp, mb,
+                 mt, ms, out.data_ptr<float>(), B, H, KVH, T, S - T, hd, scale);
   else
-    attn512::prefill((const uint16_t*)q.data_ptr(), qs, q.stride(2), (const uint16_t*)k.data_ptr(),
-                     (const uint16_t*)v.data_ptr(), kvs, mp, mb, mt, ms, out.data_ptr<float>(), B, H, KVH, T, S - T,
-                     hd, scale);
+    WB_ATTENTION(prefill, (const uint16_t*)q.data_ptr(), qs, q.stride(2), (const uint16_t*)k.data_ptr(),
+                 (const uint16_t*)v.data_ptr(), kvs, mp, mb, mt, ms, out.data_ptr<float>(), B, H, KVH, T, S - T, hd,
+                 scale);
 #endif
   return finish(out, q);
 }

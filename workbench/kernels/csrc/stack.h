@@ -298,8 +298,8 @@ class DecodeStack {
       float* att = b.att.data_ptr<float>();
       if (kernel_attention) {
 #ifdef WB_X86
-        attn512::decode((const T*)b.qr.data_ptr(), attn512::Strides{H_ * hd_, hd_, 0}, (const T*)kl, (const T*)vl,
-                        attn512::Strides{cb, ch, cs}, mp, mb, ms, att, B, H_, KVH_, S, hd_, 1.0f / std::sqrt((float)hd_));
+        WB_ATTENTION(decode, (const T*)b.qr.data_ptr(), attn::Strides{H_ * hd_, hd_, 0}, (const T*)kl, (const T*)vl,
+                     attn::Strides{cb, ch, cs}, mp, mb, ms, att, B, H_, KVH_, S, hd_, 1.0f / std::sqrt((float)hd_));
 #endif
         // the layers round attention's output to T before the o product
         if (!std::is_same<T, float>::value)
