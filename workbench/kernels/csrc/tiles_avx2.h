@@ -60,7 +60,10 @@ static void quantize_row(const float* x, int64_t K, int8_t* xq, float* dx, float
 }
 
 // Rows m0..m0+M-1 of x against tile t: y[m, 16t..16t+15]; the two halves h of a tile are rows
-// 8h..8h+7, one 256-bit register each.
+// 8h..8h+7, one 256-bit register each. Several rows take one half at a time over all of K, so that
+// their sums and accumulators (2M registers) stay in the 16 registers AVX2 has: with both halves at
+// once the compiler keeps each input's broadcast for the second half and spills to the stack. One
+// row (a decode step) takes both halves in one pass, reading each weight chunk once.
 template <int M, int KIND>
 static inline void tile_m(const uint8_t* tile, const int8_t* xq, const float* dx, const float* xsum,
                           const float* row_scale, float* y, int64_t N, int64_t K, int64_t n0) {
@@ -69,64 +72,83 @@ static inline void tile_m(const uint8_t* tile, const int8_t* xq, const float* dx
   constexpr bool HEAD = KIND != tile_kinds::BYTES;  // per-block d (else the rows' scales, at the end)
   constexpr int64_t TILE_BLOCK = tile_block_bytes(KIND);
   constexpr int64_t head = BYTES8 ? (HEAD ? 64 : 0) : TILE_BLOCK - TILE_NIBBLES;
-  const int64_t blocks = K / BLOCK;
+  constexpr int H = M == 1 ? 2 : 1;  // halves per pass
+  const int64_t blocks = K / BLOCK, live = std::min<int64_t>(TILE, N - n0);
   const __m256i low4 = _mm256_set1_epi8(15), flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
-  __m256 acc[M][2];
-  for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < blocks; ++b) {
-    const uint8_t* tb = tile + b * TILE_BLOCK;
-    for (int h = 0; h < 2; ++h) {
-      const __m256 d = !HEAD ? _mm256_set1_ps(1.0f)
-                       : F32 ? _mm256_loadu_ps((const float*)tb + 8 * h)
-                             : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(tb + 16 * h)));
-      const __m256 c = BYTES8 ? _mm256_setzero_ps()
-                       : F32 ? _mm256_loadu_ps((const float*)(tb + 64) + 8 * h)
-                             : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(tb + 32 + 16 * h)));
-      __m256i s[M];
-      for (int m = 0; m < M; ++m) s[m] = _mm256_setzero_si256();
+  for (int h0 = 0; h0 < 2; h0 += H) {
+    __m256 acc[M][H];
+    for (int m = 0; m < M; ++m)
+      for (int i = 0; i < H; ++i) acc[m][i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t* tb = tile + b * TILE_BLOCK;
+      const int8_t* xb = xq + b * BLOCK;
+      __m256i s[M][H];
+      for (int m = 0; m < M; ++m)
+        for (int i = 0; i < H; ++i) s[m][i] = _mm256_setzero_si256();
       if (BYTES8) {
+#pragma GCC unroll 1
         for (int j = 0; j < 8; ++j) {  // chunk j: weights 4j..4j+3 of each row, stored as q + 128
-          const __m256i q = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(tb + head + 64 * j + 32 * h)), flip);
-          const __m256i aq = _mm256_abs_epi8(q);
+          __m256i q[H], aq[H];
+          for (int i = 0; i < H; ++i) {
+            q[i] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(tb + head + 64 * j + 32 * (h0 + i))), flip);
+            aq[i] = _mm256_abs_epi8(q[i]);
+          }
           for (int m = 0; m < M; ++m) {
-            const __m256i xv = _mm256_set1_epi32(load_i32(xq + m * K + b * BLOCK + 4 * j));
-            const __m256i pairs = _mm256_maddubs_epi16(aq, _mm256_sign_epi8(xv, q));
-            s[m] = _mm256_add_epi32(s[m], _mm256_madd_epi16(pairs, ones));
+            const __m256i xv = _mm256_set1_epi32(load_i32(xb + m * K + 4 * j));
+            for (int i = 0; i < H; ++i) {
+              const __m256i pairs = _mm256_maddubs_epi16(aq[i], _mm256_sign_epi8(xv, q[i]));
+              s[m][i] = _mm256_add_epi32(s[m][i], _mm256_madd_epi16(pairs, ones));
+            }
           }
         }
       } else {
+#pragma GCC unroll 1
         for (int j = 0; j < 4; ++j) {  // chunk j: low nibbles weights 4j.., high nibbles 16+4j..
-          const __m256i v = _mm256_loadu_si256((const __m256i*)(tb + head + 64 * j + 32 * h));
-          const __m256i wl = _mm256_and_si256(v, low4), wh = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+          __m256i wl[H], wh[H];
+          for (int i = 0; i < H; ++i) {
+            const __m256i v = _mm256_loadu_si256((const __m256i*)(tb + head + 64 * j + 32 * (h0 + i)));
+            wl[i] = _mm256_and_si256(v, low4);
+            wh[i] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+          }
           for (int m = 0; m < M; ++m) {
-            const int8_t* xb = xq + m * K + b * BLOCK;
-            // 15 * 127 * 4 fits int16: both halves' pairs are added before widening
-            const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(wl, _mm256_set1_epi32(load_i32(xb + 4 * j))),
-                                                   _mm256_maddubs_epi16(wh, _mm256_set1_epi32(load_i32(xb + 16 + 4 * j))));
-            s[m] = _mm256_add_epi32(s[m], _mm256_madd_epi16(pairs, ones));
+            const __m256i xl = _mm256_set1_epi32(load_i32(xb + m * K + 4 * j));
+            const __m256i xh = _mm256_set1_epi32(load_i32(xb + m * K + 16 + 4 * j));
+            for (int i = 0; i < H; ++i) {
+              // 15 * 127 * 4 fits int16: both halves' pairs are added before widening
+              const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(wl[i], xl), _mm256_maddubs_epi16(wh[i], xh));
+              s[m][i] = _mm256_add_epi32(s[m][i], _mm256_madd_epi16(pairs, ones));
+            }
           }
         }
       }
+      for (int i = 0; i < H; ++i) {
+        const int h = h0 + i;
+        const __m256 d = !HEAD ? _mm256_set1_ps(1.0f)
+                         : F32 ? _mm256_loadu_ps((const float*)tb + 8 * h)
+                               : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(tb + 16 * h)));
+        const __m256 c = BYTES8 ? _mm256_setzero_ps()
+                         : F32 ? _mm256_loadu_ps((const float*)(tb + 64) + 8 * h)
+                               : _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(tb + 32 + 16 * h)));
+        for (int m = 0; m < M; ++m) {
+          const __m256 scale = HEAD ? _mm256_mul_ps(d, _mm256_set1_ps(dx[m * blocks + b])) : _mm256_set1_ps(dx[m * blocks + b]);
+          acc[m][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[m][i]), scale, acc[m][i]);
+          if (!BYTES8) acc[m][i] = _mm256_fmadd_ps(c, _mm256_set1_ps(xsum[m * blocks + b]), acc[m][i]);
+        }
+      }
+    }
+    for (int i = 0; i < H; ++i) {
+      const int h = h0 + i;
+      const int64_t n = std::min<int64_t>(8, live - 8 * h);
+      if (n <= 0) break;
+      float sc[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+      if (!HEAD)
+        for (int r = 0; r < n; ++r) sc[r] = row_scale[n0 + 8 * h + r];
       for (int m = 0; m < M; ++m) {
-        const __m256 scale = HEAD ? _mm256_mul_ps(d, _mm256_set1_ps(dx[m * blocks + b])) : _mm256_set1_ps(dx[m * blocks + b]);
-        acc[m][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[m]), scale, acc[m][h]);
-        if (!BYTES8) acc[m][h] = _mm256_fmadd_ps(c, _mm256_set1_ps(xsum[m * blocks + b]), acc[m][h]);
+        float out[8];
+        _mm256_storeu_ps(out, HEAD ? acc[m][i] : _mm256_mul_ps(acc[m][i], _mm256_loadu_ps(sc)));
+        std::copy(out, out + n, y + m * N + n0 + 8 * h);
       }
     }
-  }
-  const int64_t live = std::min<int64_t>(TILE, N - n0);
-  for (int m = 0; m < M; ++m) {
-    float out[TILE];
-    for (int h = 0; h < 2; ++h) {
-      __m256 r = acc[m][h];
-      if (!HEAD) {
-        float sc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        for (int i = 0; i < 8 && 8 * h + i < live; ++i) sc[i] = row_scale[n0 + 8 * h + i];
-        r = _mm256_mul_ps(r, _mm256_loadu_ps(sc));
-      }
-      _mm256_storeu_ps(out + 8 * h, r);
-    }
-    std::copy(out, out + live, y + m * N + n0);
   }
 }
 
