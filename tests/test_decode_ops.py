@@ -132,9 +132,14 @@ def test_rms_norm_and_rope_match_pytorch(ops):
         cos, sin = (torch.randn(2, 1, 1, 64, generator=gen).to(dtype) for _ in range(2))
         assert torch.equal(ops.rope(x, cos, sin), apply_rope(x, cos, sin))
         assert torch.equal(kernels.rope(x, cos, sin), apply_rope(x, cos, sin))
-    prompt = torch.randn(1, 9, 5, 64, generator=gen)  # five tokens: PyTorch's path
-    cos5, sin5 = torch.randn(1, 1, 5, 64, generator=gen), torch.randn(1, 1, 5, 64, generator=gen)
-    assert torch.equal(kernels.rope(prompt, cos5, sin5), apply_rope(prompt, cos5, sin5))
+        prompt = torch.randn(2, 5, 9, 64, generator=gen).to(dtype).transpose(1, 2)  # five tokens, as q
+        cos5, sin5 = (torch.randn(2, 1, 5, 64, generator=gen).to(dtype) for _ in range(2))
+        assert torch.equal(ops.rope(prompt, cos5, sin5), apply_rope(prompt, cos5, sin5))
+        assert ops.rope(prompt, cos5, sin5).stride() == apply_rope(prompt, cos5, sin5).stride()  # x's layout
+        assert torch.equal(kernels.rope(prompt, cos5, sin5), apply_rope(prompt, cos5, sin5))
+        long = torch.randn(2, 9, 300, 64, generator=gen).to(dtype)  # a prompt split over threads
+        cos300, sin300 = (torch.randn(2, 1, 300, 64, generator=gen).to(dtype) for _ in range(2))
+        assert torch.equal(ops.rope(long, cos300, sin300), apply_rope(long, cos300, sin300))
 
 
 def test_decode_ops_leave_autograd_and_mixed_dtypes_to_pytorch(ops):

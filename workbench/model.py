@@ -181,7 +181,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        if gate.requires_grad or up.requires_grad:
+            return self.down_proj(F.silu(gate) * up)
+        # the same operations in place: a prompt's two (tokens x intermediate) buffers are not allocated again
+        return self.down_proj(F.silu(gate, inplace=True).mul_(up))
 
 
 class DecoderLayer(nn.Module):

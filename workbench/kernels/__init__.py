@@ -283,17 +283,20 @@ def _decode_ops(*tensors):
 
 
 def rope_kernel(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor | None:
-    """`model.apply_rope` for one new token per sequence on our kernel, or None when it does not apply."""
-    ops = _decode_ops(x, cos, sin) if x.dim() == 4 and x.shape[2] == 1 else None
+    """`model.apply_rope` of x (B, H, T, hd) on our kernel, the same operations rounded alike, or None
+    when it does not apply."""
+    ops = _decode_ops(x, cos, sin) if x.dim() == 4 else None
     if ops is None or not (cos.is_contiguous() and sin.is_contiguous() and x.stride(-1) == 1):
         return None
     return ops.rope(x, cos, sin)
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """`model.apply_rope`: our kernel or PyTorch's, whichever is faster for this shape (choice.py)."""
+    """`model.apply_rope`: for one token per sequence our kernel or PyTorch's, whichever is faster for
+    this shape (choice.py); for a prompt our kernel where it applies (one pass over x, not five)."""
     if x.dim() != 4 or x.shape[2] != 1:
-        return apply_rope(x, cos, sin)
+        out = rope_kernel(x, cos, sin) if x.dim() == 4 else None
+        return apply_rope(x, cos, sin) if out is None else out
     return run_faster(("rope", x.dtype, *x.shape[1:], bucket(x.shape[0])), lambda: rope_kernel(x, cos, sin),
                       lambda: apply_rope(x, cos, sin))
 

@@ -625,39 +625,49 @@ static at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double
   return y;
 }
 
-// x * cos + rotate_half(x) * sin, each operation rounded to T as PyTorch's would be. y's row of
-// sequence b, head h starts at y + b * yb + h * yh (the decode stack writes keys into the cache).
+// x * cos + rotate_half(x) * sin, each operation rounded to T as PyTorch's would be. x (B, H, T_, hd)
+// with any strides (last axis contiguous); cos, sin (B, 1, T_, hd) contiguous. y's row of sequence b,
+// head h, token t starts at y + b * yb + h * yh + t * yt (the decode stack writes keys into the cache).
 template <typename T>
 static void rope_rows(const at::Tensor& x, const T* cos, const T* sin, T* y, int64_t B, int64_t H, int64_t hd,
-                      int64_t yb, int64_t yh) {
+                      int64_t yb, int64_t yh, int64_t T_ = 1, int64_t yt = 0) {
   const int64_t half = hd / 2;
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h) {
-      const T* xr = (const T*)x.data_ptr() + b * x.stride(0) + h * x.stride(1);
-      const T *c = cos + b * hd, *s = sin + b * hd;
-      T* yr = y + b * yb + h * yh;
-      for (int64_t i = 0; i < hd; ++i) {
-        const float rotated = i < half ? -widen(xr[i + half]) : widen(xr[i - half]);
-        yr[i] = narrow<T>(widen(narrow<T>(widen(xr[i]) * widen(c[i]))) + widen(narrow<T>(rotated * widen(s[i]))));
+  const T* xp = (const T*)x.data_ptr();
+  const int64_t sb = x.stride(0), sh = x.stride(1), st = x.stride(2);
+  parallel_rows(B * H, T_ * hd * (int64_t)sizeof(T), [&](int64_t r0, int64_t r1) {  // a prompt's heads over threads
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / H, h = r % H;
+      for (int64_t t = 0; t < T_; ++t) {
+        const T* xr = xp + b * sb + h * sh + t * st;
+        const T *c = cos + (b * T_ + t) * hd, *s = sin + (b * T_ + t) * hd;
+        T* yr = y + b * yb + h * yh + t * yt;
+        for (int64_t i = 0; i < half; ++i)  // two loops without a branch: both vectorise
+          yr[i] = narrow<T>(widen(narrow<T>(widen(xr[i]) * widen(c[i]))) + widen(narrow<T>(-widen(xr[i + half]) * widen(s[i]))));
+        for (int64_t i = half; i < hd; ++i)
+          yr[i] = narrow<T>(widen(narrow<T>(widen(xr[i]) * widen(c[i]))) + widen(narrow<T>(widen(xr[i - half]) * widen(s[i]))));
       }
     }
+  }, 1);
 }
 
-// Rotary embedding of one new token per sequence: x (B, H, 1, hd), any strides with the last axis
-// contiguous; cos, sin (B, 1, 1, hd) contiguous, of x's dtype. The result is contiguous.
+// Rotary embedding of x (B, H, T, hd): one new token per sequence or a prompt's T tokens, any strides
+// with the last axis contiguous; cos, sin (B, 1, T, hd) contiguous, of x's dtype. The result has x's
+// layout, as PyTorch's would (the attention kernel takes keys and values laid out alike), and each
+// token's row is what it would be alone.
 static at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  TORCH_CHECK(float_or_bf16(x) && x.dim() == 4 && x.size(2) == 1 && x.stride(3) == 1,
-              "rope: float32 or bfloat16 x (B, H, 1, hd) with a contiguous last axis");
-  const int64_t B = x.size(0), H = x.size(1), hd = x.size(3);
+  TORCH_CHECK(float_or_bf16(x) && x.dim() == 4 && x.stride(3) == 1,
+              "rope: float32 or bfloat16 x (B, H, T, hd) with a contiguous last axis");
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), hd = x.size(3);
   TORCH_CHECK(cos.scalar_type() == x.scalar_type() && sin.scalar_type() == x.scalar_type() && cos.is_contiguous() &&
-              sin.is_contiguous() && cos.numel() == B * hd && sin.numel() == B * hd && hd % 2 == 0,
-              "rope: contiguous cos and sin of shape (B, 1, 1, hd) in x's dtype");
-  at::Tensor y = at::empty({B, H, 1, hd}, x.options());
+              sin.is_contiguous() && cos.numel() == B * T * hd && sin.numel() == B * T * hd && hd % 2 == 0,
+              "rope: contiguous cos and sin of shape (B, 1, T, hd) in x's dtype");
+  at::Tensor y = x.is_non_overlapping_and_dense() ? at::empty_like(x) : at::empty({B, H, T, hd}, x.options());
   if (x.scalar_type() == at::kFloat)
-    rope_rows(x, cos.data_ptr<float>(), sin.data_ptr<float>(), y.data_ptr<float>(), B, H, hd, H * hd, hd);
+    rope_rows(x, cos.data_ptr<float>(), sin.data_ptr<float>(), y.data_ptr<float>(), B, H, hd, y.stride(0), y.stride(1),
+              T, y.stride(2));
   else
     rope_rows(x, (const uint16_t*)cos.data_ptr(), (const uint16_t*)sin.data_ptr(), (uint16_t*)y.data_ptr(), B, H, hd,
-              H * hd, hd);
+              y.stride(0), y.stride(1), T, y.stride(2));
   return y;
 }
 
@@ -809,7 +819,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gguf_q8_fits", &blocks_q8::fits, "whether gguf_q8 covers this block type and row length", py::arg("type"),
         py::arg("in_features"));
   m.def("rms_norm", &rms_norm, "RMSNorm of float32 or bfloat16 rows", py::arg("x"), py::arg("weight"), py::arg("eps"));
-  m.def("rope", &rope, "rotary embedding of one token per sequence", py::arg("x"), py::arg("cos"), py::arg("sin"));
+  m.def("rope", &rope, "rotary embedding of new tokens (B, H, T, hd)", py::arg("x"), py::arg("cos"), py::arg("sin"));
   m.def("decode_attention", &decode_attention, "attention of one query per sequence over its cache", py::arg("q"),
         py::arg("k"), py::arg("v"), py::arg("mask") = py::none());
   m.def("prefill_attention", &prefill_attention, "a prompt's causal attention, each query as decode_attention "
